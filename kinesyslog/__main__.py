@@ -1,0 +1,3 @@
+from kinesyslog.cli import main
+
+main()
