@@ -1,24 +1,18 @@
-"""Builds the Cython extensions in kinesyslog/_fast; everything else is in pyproject.toml."""
+"""Builds the Cython extensions in kinesyslog/_fast; everything else is in pyproject.toml.
+
+Compiler directives live in each .pyx header, so `cythonize -i` and this file agree.
+"""
+
+from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-FAST_MODULES = ["framing", "syslog", "ring"]
+FAST_DIR = Path("kinesyslog/_fast")
 
 extensions = [
-    Extension(f"kinesyslog._fast.{name}", [f"kinesyslog/_fast/{name}.pyx"], extra_compile_args=["-O2"])
-    for name in FAST_MODULES
+    Extension(f"kinesyslog._fast.{pyx.stem}", [str(pyx)], extra_compile_args=["-O2"])
+    for pyx in sorted(FAST_DIR.glob("*.pyx"))
 ]
 
-setup(
-    ext_modules=cythonize(
-        extensions,
-        compiler_directives={
-            "language_level": "3",
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "initializedcheck": False,
-        },
-    ),
-)
+setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}))

@@ -1,0 +1,59 @@
+"""Every limit and fixed value of the relay, in one place."""
+
+# Firehose service limits (PutRecordBatch).
+FIREHOSE_MAX_RECORD_BYTES = 1_024_000
+FIREHOSE_MAX_BATCH_RECORDS = 500
+FIREHOSE_MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+# Input limits.
+DEFAULT_MAX_MESSAGE_SIZE = 65_536
+MAX_MAX_MESSAGE_SIZE = 900 * 1024
+MIN_MAX_MESSAGE_SIZE = 1024
+TCP_RECV_SIZE = 256 * 1024
+UDP_RECV_SIZE = 65_535
+MAX_SOURCE_LENGTH = 255  # bytes of source-address text stored per ring entry
+
+# Worker buffers (2.0.1's constants are the defaults).
+DEFAULT_FLUSH_SIZE = 4 * 1024 * 1024
+DEFAULT_FLUSH_INTERVAL = 60.0
+MIN_FLUSH_SIZE = 64 * 1024
+MAX_FLUSH_SIZE = 16 * 1024 * 1024
+GZIP_LEVEL = 1  # ISA-L level 1: about zlib level 6's ratio at ten times its speed
+
+# The ring between listener and worker. It must hold a whole flush of uncommitted
+# events plus room to keep receiving while the worker spools them.
+RING_FILE_NAME = "ring.mmap"
+RING_MIN_CAPACITY = 32 * 1024 * 1024
+RING_FLUSH_MULTIPLE = 4
+
+# Spool.
+DEFAULT_SPOOL_MAX_SIZE = 1024**3
+SPOOL_RESUME_FRACTION = 0.9
+SPOOL_RECORD_PREFIX = "record-"
+SPOOL_RECORD_SUFFIX = ".gz"
+SPOOL_TEMP_PREFIX = ".tmp-"
+SPOOL_LEGACY_PREFIX = "firehose_event-"
+SPOOL_CORRUPT_DIR = "corrupt"
+
+# Upload retries: capped exponential back-off with full jitter.
+RETRY_BASE_DELAY = 0.5
+RETRY_MAX_DELAY = 30.0
+FIREHOSE_CONNECT_TIMEOUT = 5.0
+FIREHOSE_READ_TIMEOUT = 30.0
+STARTUP_CHECK_TIMEOUT = 10.0
+
+# Life cycle.
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+EX_CONFIG = 78
+OUTPUT_DIR_OWNER = "000000000000"
+
+# Event ids: 56 decimal digits, as CloudWatch Logs writes them.
+EVENT_ID_DIGITS = 56
+
+# Record fields.
+MESSAGE_TYPE = "DATA_MESSAGE"
+DEFAULT_GROUP_PREFIX = "/kinesyslog"
+
+# Ring entry kinds: the message format and transport, stored with each entry.
+KIND_SYSLOG = 0
+KIND_GELF = 1
