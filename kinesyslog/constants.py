@@ -33,6 +33,7 @@ SPOOL_RECORD_PREFIX = "record-"
 SPOOL_RECORD_SUFFIX = ".gz"
 SPOOL_TEMP_PREFIX = ".tmp-"
 SPOOL_LEGACY_PREFIX = "firehose_event-"
+SPOOL_LEGACY_TEMP_PREFIX = "_temp_firehose_event-"  # 2.0.1's temporary files
 SPOOL_CORRUPT_DIR = "corrupt"
 
 # Upload retries: capped exponential back-off with full jitter.
@@ -41,6 +42,11 @@ RETRY_MAX_DELAY = 30.0
 FIREHOSE_CONNECT_TIMEOUT = 5.0
 FIREHOSE_READ_TIMEOUT = 30.0
 STARTUP_CHECK_TIMEOUT = 10.0
+UPLOADER_RESCAN_INTERVAL = 1.0  # longest wait before the uploader looks at the spool again
+
+# A gzip member: ID1 ID2 CM=deflate, and its smallest size (10-byte header, 8-byte trailer).
+GZIP_MAGIC = b"\x1f\x8b\x08"
+GZIP_MIN_MEMBER_BYTES = 18
 
 # Life cycle.
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0

@@ -1,0 +1,171 @@
+"""The relay's configuration: one frozen dataclass and every validation with its message."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tempfile
+import zoneinfo
+from dataclasses import dataclass
+from pathlib import Path
+
+from kinesyslog import constants
+
+
+class ConfigError(Exception):
+    """A configuration problem: one line naming the option and the fix (exit 78)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    stream: str | None
+    address: str = "0.0.0.0"
+    udp_ports: tuple[int, ...] = ()
+    tcp_ports: tuple[int, ...] = ()
+    tls_ports: tuple[int, ...] = ()
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+    proxy_protocol_ports: tuple[int, ...] = ()
+    spool_dir: Path = Path(tempfile.gettempdir())
+    region: str | None = None
+    profile: str | None = None
+    role_arn: str | None = None
+    gelf: bool = False
+    group_prefix: str = constants.DEFAULT_GROUP_PREFIX
+    prometheus_ports: tuple[int, ...] = ()
+    debug: bool = False
+    output_dir: Path | None = None
+    endpoint_url: str | None = None
+    max_message_size: int = constants.DEFAULT_MAX_MESSAGE_SIZE
+    flush_size: int = constants.DEFAULT_FLUSH_SIZE
+    flush_interval: float = constants.DEFAULT_FLUSH_INTERVAL
+    spool_max_size: int = constants.DEFAULT_SPOOL_MAX_SIZE
+    shutdown_timeout: float = constants.DEFAULT_SHUTDOWN_TIMEOUT
+    rfc3164_timezone: str = "UTC"
+
+    @property
+    def ring_capacity(self) -> int:
+        wanted = constants.RING_FLUSH_MULTIPLE * self.flush_size + 2 * self.max_message_size
+        capacity = max(constants.RING_MIN_CAPACITY, wanted)
+        return -(-capacity // 4096) * 4096
+
+    @property
+    def ring_path(self) -> Path:
+        return self.spool_dir / constants.RING_FILE_NAME
+
+    @property
+    def message_format(self) -> str:
+        return "gelf" if self.gelf else "syslog"
+
+
+def _ports(option: str, values: tuple[int, ...]) -> tuple[int, ...]:
+    """Validated ports with 0 (disabled) and repeats removed, order kept."""
+    for port in values:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{option} {port}: not a port number; use 1-65535, or 0 to disable")
+    return tuple(dict.fromkeys(port for port in values if port))
+
+
+def _writable_dir(option: str, path: Path) -> Path:
+    try:
+        path.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{option} {path}: cannot create it ({error.strerror}); "
+                          "choose a writable directory") from None
+    if not path.is_dir():
+        raise ConfigError(f"{option} {path}: not a directory; choose a writable directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: not writable by this user; "
+                          "fix its permissions or choose another directory")
+    return path
+
+
+def _readable_file(option: str, path: Path | None) -> Path | None:
+    if path is not None and not os.access(path, os.R_OK):
+        raise ConfigError(f"{option} {path}: cannot read this file; check the path and permissions")
+    return path
+
+
+def _between(option: str, value: float, low: float, high: float, unit: str = "") -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{option} {value:g}: out of range; "
+                          f"use a value from {low:g} to {high:g}{unit}")
+
+
+def validate(config: Config, *, tls_port_explicit: bool) -> Config:
+    """Checks every option, creates the directories; returns the normalized Config."""
+    udp = _ports("--udp-port", config.udp_ports)
+    tcp = _ports("--tcp-port", config.tcp_ports)
+    tls = _ports("--tls-port", config.tls_ports)
+    proxy = _ports("--proxy-protocol", config.proxy_protocol_ports)
+    prometheus = _ports("--prometheus-port", config.prometheus_ports)
+
+    try:
+        ipaddress.ip_address(config.address)
+    except ValueError:
+        raise ConfigError(f"--address {config.address!r}: not an IP address; "
+                          "use e.g. 0.0.0.0, 127.0.0.1 or :: (IPv6 and IPv4)") from None
+
+    if config.output_dir is None and not config.stream:
+        raise ConfigError("--stream: missing; name the Firehose delivery stream "
+                          "(or KINESYSLOG_STREAM), or write records locally with --output-dir")
+
+    has_tls_material = config.cert is not None or config.key is not None
+    if tls and not has_tls_material and tls_port_explicit:
+        raise ConfigError(f"--tls-port {tls[0]}: TLS needs a certificate; "
+                          "give --cert and --key, or --tls-port 0 to disable TLS")
+    if not has_tls_material:
+        tls = ()
+    if tls:
+        raise ConfigError("--tls-port/--cert/--key: TLS listeners are not available in this "
+                          "version yet; use --tls-port 0 and plain --tcp-port")
+    if proxy:
+        raise ConfigError("--proxy-protocol: PROXY protocol support is not available in this "
+                          "version yet; remove --proxy-protocol")
+    if config.gelf:
+        raise ConfigError("--gelf: GELF input is not available in this version yet; remove --gelf")
+    if config.client_ca is not None:
+        raise ConfigError("--client-ca: mutual TLS is not available in this version yet; "
+                          "remove --client-ca")
+    if prometheus:
+        raise ConfigError("--prometheus-port: the metrics endpoint is not available in this "
+                          "version yet; use --prometheus-port 0")
+    if config.role_arn:
+        raise ConfigError("--role-arn: role assumption is not available in this version yet; "
+                          "use the normal AWS credential chain (--profile, environment)")
+
+    if not (udp or tcp or tls):
+        raise ConfigError("no listener: give at least one of --udp-port, --tcp-port "
+                          "(or their KINESYSLOG_* variables)")
+
+    _between("--max-message-size", config.max_message_size, constants.MIN_MAX_MESSAGE_SIZE,
+             constants.MAX_MAX_MESSAGE_SIZE, " bytes")
+    _between("--flush-size", config.flush_size, constants.MIN_FLUSH_SIZE,
+             constants.MAX_FLUSH_SIZE, " bytes")
+    _between("--flush-interval", config.flush_interval, 0.1, 3600, " seconds")
+    _between("--spool-max-size", config.spool_max_size, 16 * 1024 * 1024, 2**50, " bytes")
+    _between("--shutdown-timeout", config.shutdown_timeout, 0, 3600, " seconds")
+    try:
+        zoneinfo.ZoneInfo(config.rfc3164_timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"--rfc3164-timezone {config.rfc3164_timezone!r}: unknown time zone; "
+                          "use an IANA name such as UTC or Europe/Berlin") from None
+    if not config.group_prefix.startswith("/") or config.group_prefix.endswith("/"):
+        raise ConfigError(f"--group-prefix {config.group_prefix!r}: must start with '/' "
+                          "and not end with '/', e.g. /kinesyslog")
+
+    spool_dir = _writable_dir("--spool-dir", config.spool_dir.absolute())
+    output_dir = None
+    if config.output_dir is not None:
+        output_dir = _writable_dir("--output-dir", config.output_dir.absolute())
+        if output_dir == spool_dir:
+            raise ConfigError(f"--output-dir {output_dir}: must differ from --spool-dir")
+    _readable_file("--cert", config.cert)
+    _readable_file("--key", config.key)
+
+    return Config(**{
+        **config.__dict__,
+        "udp_ports": udp, "tcp_ports": tcp, "tls_ports": tls, "proxy_protocol_ports": proxy,
+        "prometheus_ports": prometheus, "spool_dir": spool_dir, "output_dir": output_dir,
+    })

@@ -1,0 +1,126 @@
+"""A small selectors (epoll) loop: readiness callbacks, timers and signal wake-ups."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+Callback = Callable[[], Any]
+
+
+class Timer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callback) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._sequence = itertools.count()
+        self._signal_handlers: dict[int, Callback] = {}
+        self._wakeup_reader, self._wakeup_writer = socket.socketpair()
+        self._wakeup_reader.setblocking(False)
+        self._wakeup_writer.setblocking(False)
+        self._selector.register(self._wakeup_reader, selectors.EVENT_READ, self._on_wakeup)
+        self._running = False
+
+    # --- readiness -----------------------------------------------------------------------
+    def add_reader(self, fileobj: Any, callback: Callback) -> None:
+        self._selector.register(fileobj, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fileobj: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError):  # removal is idempotent
+            self._selector.unregister(fileobj)
+
+    def is_reading(self, fileobj: Any) -> bool:
+        try:
+            self._selector.get_key(fileobj)
+        except (KeyError, ValueError):
+            return False
+        return True
+
+    # --- timers --------------------------------------------------------------------------
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        timer = Timer(time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, (timer.when, next(self._sequence), timer))
+        return timer
+
+    def call_every(self, interval: float, callback: Callback) -> None:
+        def tick() -> None:
+            callback()
+            self.call_later(interval, tick)
+
+        self.call_later(interval, tick)
+
+    # --- signals -------------------------------------------------------------------------
+    def add_signal_handler(self, signum: int, callback: Callback) -> None:
+        """Runs callback in the loop (not in the signal handler) when signum arrives."""
+        self._signal_handlers[signum] = callback
+        signal.set_wakeup_fd(self._wakeup_writer.fileno(), warn_on_full_buffer=False)
+        signal.signal(signum, lambda *_: None)
+
+    def _on_wakeup(self) -> None:
+        try:
+            data = self._wakeup_reader.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                handler()
+
+    # --- running -------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        self._running = True
+        while self._running:
+            self._run_once()
+
+    def run_until(self, predicate: Callable[[], bool], deadline: float) -> bool:
+        """Runs the loop until predicate() is true or the monotonic deadline passes."""
+        while not predicate():
+            if time.monotonic() >= deadline:
+                return False
+            self._run_once(max_wait=max(0.0, deadline - time.monotonic()))
+        return True
+
+    def _run_once(self, max_wait: float = 1.0) -> None:
+        timeout = max_wait
+        if self._timers:
+            timeout = min(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
+        for key, _ in self._selector.select(timeout):
+            key.data()
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._selector.close()
+        self._wakeup_reader.close()
+        self._wakeup_writer.close()
+
+
+def set_nonblocking_cloexec(fd: int) -> None:
+    os.set_blocking(fd, False)
+    os.set_inheritable(fd, False)

@@ -1,0 +1,39 @@
+"""Logging set-up and a rate-limited warning for per-packet problems."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+
+def setup_logging(debug: bool, role: str = "listener") -> None:
+    """Logs to stderr (the journal under systemd), each line naming the process role."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [{role}] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+class RateLimitedLog:
+    """Logs a problem at most once per interval, with how often it happened meanwhile."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, what: str, detail: str = "") -> None:
+        now = time.monotonic()
+        last = self._last.get(what)
+        if last is not None and now - last < self._interval:
+            self._suppressed[what] = self._suppressed.get(what, 0) + 1
+            return
+        self._last[what] = now
+        suppressed = self._suppressed.pop(what, 0)
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        self._logger.warning("%s%s%s", what, f": {detail}" if detail else "", more)

@@ -1,0 +1,262 @@
+"""`kinesyslog listen`: starts the uploader and worker processes and runs the listener loop.
+
+Start-up order: spool and ring (locked against a second relay on the same spool), the
+uploader (which checks the stream before anything is bound), the sockets, the worker. The
+parent process is the listener. Shutdown (SIGTERM/SIGINT): stop accepting, frame what was
+already received, close the ring's producer side, wait for the worker's final flush, then
+let the uploader drain the spool until --shutdown-timeout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kinesyslog import constants
+from kinesyslog._fast.ring import Ring, RingError
+from kinesyslog.config import Config, ConfigError
+from kinesyslog.eventloop import EventLoop
+from kinesyslog.listeners import Listener, ListenerCounters, bind_all
+from kinesyslog.logs import setup_logging
+from kinesyslog.spool import Spool
+
+log = logging.getLogger("kinesyslog")
+CHILD_CHECK_INTERVAL = 0.2
+STATS_INTERVAL = 60.0
+
+
+def set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:  # optional at run time: only the process list looks plainer
+        return
+    setproctitle.setproctitle(title)
+
+
+def fork_child(role: str, body: Callable[[], int], debug: bool) -> int:
+    """Forks a child that runs body() and exits with its return value, never returning."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 70
+    try:
+        setup_logging(debug, role)
+        set_title(f"kinesyslog: {role}")
+        code = body()
+    except BaseException:
+        logging.getLogger(f"kinesyslog.{role}").exception("%s failed", role)
+        code = 70
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return 0  # unreachable
+
+
+def lock_spool(spool_dir: Path) -> int:
+    fd = os.open(spool_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"--spool-dir {spool_dir}: another kinesyslog is using it; "
+                          "stop it or give each instance its own spool directory") from None
+    return fd
+
+
+def open_ring(config: Config, spool: Spool) -> Ring:
+    try:
+        return Ring(str(config.ring_path), config.ring_capacity)
+    except RingError as error:
+        moved = spool.quarantine(config.ring_path, f"unreadable ring file: {error}")
+        log.error("ring file %s was not valid (%s); moved to %s and starting a new one",
+                  config.ring_path, error, moved)
+        return Ring(str(config.ring_path), config.ring_capacity)
+
+
+def read_status(fd: int, timeout: float) -> str:
+    """The uploader's first line: 'READY <owner>' or 'FATAL <message>'."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "FATAL the uploader did not start within the start-up timeout"
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if readable:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return "FATAL the uploader exited during start-up"
+            data += chunk
+    return data.split(b"\n", 1)[0].decode(errors="replace")
+
+
+class Supervisor:
+    """The listener process: owns the sockets and watches the two children."""
+
+    def __init__(self, config: Config, ring: Ring, uploader_pid: int, worker_pid: int) -> None:
+        self.config = config
+        self.ring = ring
+        self.children = {worker_pid: "worker", uploader_pid: "uploader"}
+        self.worker_pid = worker_pid
+        self.uploader_pid = uploader_pid
+        self.loop = EventLoop()
+        self.counters = ListenerCounters()
+        self.exit_code = 0
+        self.stopping = False
+
+    def run(self, listener: Listener) -> int:
+        self.listener = listener
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self.request_stop)
+        self.loop.add_signal_handler(signal.SIGCHLD, self.check_children)
+        self.loop.call_every(CHILD_CHECK_INTERVAL, self.check_children)
+        self.loop.call_every(STATS_INTERVAL, self.log_stats)
+        listener.start()
+        log.info("kinesyslog ready: %d listener(s)", len(listener.sockets))
+        self.loop.run()
+        return self.shutdown()
+
+    def request_stop(self) -> None:
+        if not self.stopping:
+            log.info("stopping: no new connections; draining what was received")
+            self.stopping = True
+            self.loop.stop()
+
+    def check_children(self) -> None:
+        for pid, role in list(self.children.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                del self.children[pid]
+                log.error("the %s process exited unexpectedly (%s); kinesyslog stops so that "
+                          "the service manager can restart it", role, describe_status(status))
+                self.exit_code = 1
+                self.request_stop()
+
+    def log_stats(self) -> None:
+        c = self.counters
+        log.info("received %d messages (%d bytes), %d truncated, %d UDP dropped (ring full), "
+                 "%d incomplete dropped, %d connections open, ring %d%% full",
+                 c.messages, c.message_bytes, c.truncated, c.udp_dropped_ring_full,
+                 c.incomplete_dropped, c.connections_open,
+                 100 * self.ring.uncommitted_bytes // self.ring.capacity)
+
+    def shutdown(self) -> int:
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        listener = self.listener
+        listener.stop_accepting()
+        if self.worker_pid in self.children:
+            listener.drain_datagrams()
+            listener.drain_connections(deadline)
+        listener.close()
+        self.ring.close_producer()
+        self.wait_for("worker", self.worker_pid, deadline + constants.DEFAULT_SHUTDOWN_TIMEOUT)
+        if self.uploader_pid in self.children:
+            # SIGUSR1: the worker is done, nothing new will be spooled.
+            os.kill(self.uploader_pid, signal.SIGTERM)
+            os.kill(self.uploader_pid, signal.SIGUSR1)
+            self.wait_for("uploader", self.uploader_pid, deadline + 10)
+        self.log_stats()
+        self.loop.close()
+        log.info("kinesyslog stopped")
+        return self.exit_code
+
+    def wait_for(self, role: str, pid: int, deadline: float) -> None:
+        while pid in self.children:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                del self.children[pid]
+                if status != 0:
+                    log.error("the %s process ended with %s", role, describe_status(status))
+                    self.exit_code = self.exit_code or 1
+                return
+            if time.monotonic() >= deadline:
+                log.error("the %s process did not stop in time; killing it", role)
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                del self.children[pid]
+                self.exit_code = self.exit_code or 1
+                return
+            time.sleep(0.02)
+
+
+def describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def start_uploader(config: Config) -> tuple[int, int, str]:
+    """Forks the uploader; returns its pid, the write end of its wake-up pipe and the account
+    id that owns the records."""
+    from kinesyslog.uploader import UploaderSettings, uploader_main
+
+    settings = UploaderSettings(
+        spool_dir=config.spool_dir, output_dir=config.output_dir, stream=config.stream,
+        region=config.region, profile=config.profile, endpoint_url=config.endpoint_url,
+        shutdown_timeout=config.shutdown_timeout,
+    )
+    status_read, status_write = os.pipe()
+    wake_read, wake_write = os.pipe()
+    pid = fork_child("uploader", lambda: uploader_main(settings, status_write, wake_read),
+                     config.debug)
+    os.close(status_write)
+    os.close(wake_read)
+    os.set_blocking(wake_write, False)
+    status = read_status(status_read, constants.STARTUP_CHECK_TIMEOUT * 3)
+    os.close(status_read)
+    verdict, _, detail = status.partition(" ")
+    if verdict != "READY":
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise ConfigError(detail)
+    return pid, wake_write, detail
+
+
+def run(config: Config) -> int:
+    setup_logging(config.debug)
+    set_title("kinesyslog: listener")
+    spool = Spool(config.spool_dir)
+    lock_fd = lock_spool(config.spool_dir)
+    removed = spool.remove_stale_temp_files()
+    if removed:
+        log.info("removed %d unfinished spool file(s) of an earlier run", removed)
+    ring = open_ring(config, spool)
+
+    uploader_pid, wake_fd, owner = start_uploader(config)
+    try:
+        sockets = bind_all(config)
+    except ConfigError:
+        os.kill(uploader_pid, signal.SIGKILL)
+        os.waitpid(uploader_pid, 0)
+        raise
+    ring.open_producer()
+    parent_pid = os.getpid()
+
+    def worker_body() -> int:
+        from kinesyslog.worker import worker_main
+
+        for bound in sockets:
+            bound.sock.close()
+        return worker_main(config, ring, owner, wake_fd, parent_pid)
+
+    worker_pid = fork_child("worker", worker_body, config.debug)
+    os.close(wake_fd)
+    supervisor = Supervisor(config, ring, uploader_pid, worker_pid)
+    listener = Listener(supervisor.loop, sockets, ring, config, supervisor.counters)
+    code = supervisor.run(listener)
+    ring.close()
+    os.close(lock_fd)
+    return code

@@ -1,0 +1,126 @@
+"""The forked worker: ring → events → per-stream buffers → gzip records in the spool.
+
+The worker commits its ring read position only after every event it read is in a durable
+spool file. All buffers are flushed together, so a flush leaves nothing read-but-unspooled
+and the commit can cover everything read so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from kinesyslog import constants
+from kinesyslog._fast.events import EventBuffers, IdGenerator, new_id_prefix
+from kinesyslog._fast.syslog import TimestampExtractor
+from kinesyslog.config import Config
+from kinesyslog.records import build_records
+from kinesyslog.spool import Spool
+
+if TYPE_CHECKING:
+    from kinesyslog._fast.ring import Ring
+
+log = logging.getLogger("kinesyslog.worker")
+READ_BATCH = 4096
+IDLE_SLEEP = 0.005
+SPOOL_CHECK_INTERVAL = 1.0
+FORMAT_NAMES = {constants.KIND_SYSLOG: "syslog", constants.KIND_GELF: "gelf"}
+
+
+class Worker:
+    def __init__(self, config: Config, ring: Ring, owner: str, wake_fd: int) -> None:
+        self.config = config
+        self.ring = ring
+        self.owner = owner
+        self.wake_fd = wake_fd
+        self.spool = Spool(config.spool_dir)
+        self.buffers = EventBuffers(TimestampExtractor(config.rfc3164_timezone),
+                                    IdGenerator(new_id_prefix()))
+        self.flush_size = config.flush_size
+        self.flush_age_ms = int(config.flush_interval * 1000)
+        self.spool_full = False
+        self.next_spool_check = 0.0
+        self.records_written = 0
+        self.events_written = 0
+
+    def run(self, parent_pid: int) -> int:
+        replay = self.ring.uncommitted_bytes
+        if replay:
+            log.info("replaying %d bytes of events not yet spooled by the previous run", replay)
+        while True:
+            if self._spool_has_room():
+                entries = self.ring.read_batch(READ_BATCH)
+                if entries:
+                    self.buffers.add_batch(entries)
+            else:
+                entries = []
+            if self.buffers.event_count and self._flush_due():
+                self.flush()
+            if entries:
+                continue
+            listener_gone = os.getppid() != parent_pid
+            if (self.ring.producer_closed or listener_gone) and self.ring.pending_bytes == 0:
+                self.flush()
+                if listener_gone:
+                    log.error("the listener process is gone; worker exits after spooling")
+                    return 1
+                return 0
+            time.sleep(IDLE_SLEEP)
+
+    def _flush_due(self) -> bool:
+        if self.buffers.total_bytes >= self.flush_size:
+            return True
+        return time.time() * 1000 - self.buffers.oldest_receive_ms >= self.flush_age_ms
+
+    def _spool_has_room(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_spool_check:
+            return not self.spool_full
+        self.next_spool_check = now + SPOOL_CHECK_INTERVAL
+        _, spooled = self.spool.usage()
+        limit = self.config.spool_max_size
+        if not self.spool_full and spooled >= limit:
+            self.spool_full = True
+            log.warning("spool holds %d bytes, over --spool-max-size %d: pausing intake "
+                        "(TCP waits, UDP is dropped) until uploads drain it", spooled, limit)
+        elif self.spool_full and spooled < limit * constants.SPOOL_RESUME_FRACTION:
+            self.spool_full = False
+            log.info("spool drained to %d bytes: intake resumes", spooled)
+        return not self.spool_full
+
+    def flush(self) -> None:
+        """Spools every buffer durably, then commits the ring position."""
+        groups = self.buffers.take()
+        if groups:
+            prefix = self.config.group_prefix
+            records: list[bytes] = []
+            for (kind, port, source), events in groups:
+                group = f"{prefix}/{FORMAT_NAMES[kind]}/{port}"
+                records.extend(build_records(self.owner, group, source.decode(), events))
+                self.events_written += len(events)
+            self.spool.write_records(records)
+            self.records_written += len(records)
+        self.ring.commit()
+        if groups:
+            self._wake_uploader()
+
+    def _wake_uploader(self) -> None:
+        # A full pipe holds wake-ups already: the uploader will look anyway.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.wake_fd, b"\x01")
+
+
+def worker_main(config: Config, ring: Ring, owner: str, wake_fd: int, parent_pid: int) -> int:
+    # The listener decides when the worker stops (by closing the ring's producer side);
+    # terminal Ctrl-C and systemd's SIGTERM to the whole group must not cut a flush short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker = Worker(config, ring, owner, wake_fd)
+    code = worker.run(parent_pid)
+    log.info("worker done: %d events in %d records spooled", worker.events_written,
+             worker.records_written)
+    return code

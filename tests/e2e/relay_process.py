@@ -1,0 +1,177 @@
+"""Runs the real `kinesyslog listen` as a subprocess and talks to it over loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 60.0
+
+
+def kinesyslog_command() -> list[str]:
+    """The installed entry point beside this interpreter, else the module."""
+    executable = Path(sys.executable).parent / "kinesyslog"
+    if executable.exists():
+        return [str(executable)]
+    return [sys.executable, "-m", "kinesyslog"]
+
+
+def free_port(kind: int = socket.SOCK_STREAM, family: int = socket.AF_INET) -> int:
+    with socket.socket(family, kind) as sock:
+        sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_ports() -> int:
+    """A port number free for both TCP and UDP on IPv4 and IPv6 loopback."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            for family, kind in ((socket.AF_INET, socket.SOCK_DGRAM),
+                                 (socket.AF_INET6, socket.SOCK_STREAM),
+                                 (socket.AF_INET6, socket.SOCK_DGRAM)):
+                with socket.socket(family, kind) as sock:
+                    sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port found")
+
+
+class Relay:
+    """One `kinesyslog listen` process; stderr is collected for assertions."""
+
+    def __init__(self, args: Iterable[str], env: dict[str, str] | None = None) -> None:
+        self.args = [*kinesyslog_command(), "listen", *args]
+        self.env = {**os.environ, **(env or {})}
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self, wait_ready: bool = True) -> Relay:
+        self.process = subprocess.Popen(self.args, env=self.env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True, errors="replace")
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        if wait_ready and not self._ready.wait(START_TIMEOUT):
+            self.kill()
+            raise AssertionError("relay did not become ready:\n" + self.log)
+        if wait_ready and self.process.poll() is not None:
+            raise AssertionError("relay exited during start-up:\n" + self.log)
+        return self
+
+    def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if "kinesyslog ready" in line:
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def child_pids(self) -> dict[str, int]:
+        """{'worker': pid, 'uploader': pid} from /proc (process titles)."""
+        children: dict[str, int] = {}
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                try:
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                except FileNotFoundError:
+                    continue
+                for role in ("worker", "uploader"):
+                    if f"kinesyslog: {role}".encode() in title:
+                        children[role] = int(pid)
+        return children
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("relay did not stop after SIGTERM:\n" + self.log) from None
+        self._reader.join(10)
+        return code
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        code = self.process.wait(timeout)
+        self._reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the relay and any child still alive."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            children = self.child_pids()
+        except OSError:
+            children = {}
+        for pid in [self.pid, *children.values()]:
+            with contextlib.suppress(ProcessLookupError):  # already gone
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(10)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, message: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+        time.sleep(interval)
+
+
+def decode_records(data: bytes) -> list[dict]:
+    """Records from concatenated gzip members, as Firehose writes them to S3."""
+    records = []
+    while data:
+        inflater = zlib.decompressobj(31)
+        records.append(json.loads(inflater.decompress(data)))
+        assert inflater.eof, "truncated gzip member"
+        data = inflater.unused_data
+    return records
+
+
+def events_of(records: Iterable[dict]) -> list[tuple[str, str, dict]]:
+    return [(r["logGroup"], r["logStream"], e) for r in records for e in r["logEvents"]]
+
+
+def send_tcp(host: str, port: int, payload: bytes) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect((host, port))
+        sock.sendall(payload)
+
+
+def send_udp(host: str, port: int, datagrams: Iterable[bytes]) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        for datagram in datagrams:
+            sock.sendto(datagram, (host, port))
+
+
+def octet_counted(messages: Iterable[bytes]) -> bytes:
+    return b"".join(b"%d %s" % (len(m), m) for m in messages)
