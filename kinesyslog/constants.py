@@ -35,6 +35,7 @@ SPOOL_TEMP_PREFIX = ".tmp-"
 SPOOL_LEGACY_PREFIX = "firehose_event-"
 SPOOL_LEGACY_TEMP_PREFIX = "_temp_firehose_event-"  # 2.0.1's temporary files
 SPOOL_CORRUPT_DIR = "corrupt"
+OWNER_CACHE_FILE = "owner"  # the last AWS account id read, for starts without STS
 
 # Upload retries: capped exponential back-off with full jitter.
 RETRY_BASE_DELAY = 0.5
@@ -63,3 +64,8 @@ DEFAULT_GROUP_PREFIX = "/kinesyslog"
 # Ring entry kinds: the message format and transport, stored with each entry.
 KIND_SYSLOG = 0
 KIND_GELF = 1
+
+# Timestamps: an RFC 3164 time (no year) is put in the latest year that does not place it
+# more than this far after the receive time. Zone offsets are cached per hour, this many.
+RFC3164_MAX_FUTURE_MS = 2 * 86_400 * 1000
+TIMEZONE_CACHE_SIZE = 4096

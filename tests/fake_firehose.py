@@ -1,0 +1,376 @@
+"""A fault-injecting stand-in for Amazon Kinesis Data Firehose, over real HTTP on 127.0.0.1.
+
+It speaks enough of the Firehose JSON 1.1 API (PutRecordBatch, DescribeDeliveryStream) and
+of STS GetCallerIdentity (query protocol, XML) for boto3. Every record it accepted is kept,
+in order, with the RecordId it answered. A test programs faults per operation: a script of
+per-call faults consumed in order, then a policy (a function of the call number).
+
+    with FakeFirehose() as firehose:
+        firehose.script("PutRecordBatch", THROTTLING, Partial({0, 3}), Hang(5))
+        ...
+        assert firehose.data() == expected
+
+Firehose's own limits are written here as literals on purpose: the stand-in is an oracle
+for the relay's constants, not a copy of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Union
+
+MAX_BATCH_RECORDS = 500
+MAX_RECORD_BYTES = 1000 * 1024
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+OPERATIONS = ("PutRecordBatch", "DescribeDeliveryStream", "GetCallerIdentity")
+
+
+@dataclass(frozen=True)
+class Accept:
+    """Answer normally."""
+
+
+@dataclass(frozen=True)
+class Partial:
+    """PutRecordBatch: the records at these positions of the call fail; the rest are stored."""
+
+    indices: frozenset[int]
+    code: str = "ServiceUnavailableException"
+    message: str = "Slow down."
+
+    def __init__(self, indices: Iterable[int], code: str = "ServiceUnavailableException",
+                 message: str = "Slow down.") -> None:
+        object.__setattr__(self, "indices", frozenset(indices))
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "message", message)
+
+
+@dataclass(frozen=True)
+class Error:
+    """The whole call fails with this HTTP status and error code; nothing is stored."""
+
+    status: int
+    code: str
+    message: str = "injected fault"
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Hold the request for up to ``seconds`` (or until release()/stop()), then answer 503
+    ServiceUnavailableException; nothing is stored."""
+
+    seconds: float
+
+
+Fault = Union[Accept, Partial, Error, Hang]
+Policy = Callable[[int], Fault]
+
+THROTTLING = Error(400, "ThrottlingException", "Rate exceeded.")
+SERVICE_UNAVAILABLE = Error(503, "ServiceUnavailableException", "Slow down.")
+INTERNAL_ERROR = Error(500, "InternalFailure", "Internal service failure.")
+ACCESS_DENIED = Error(400, "AccessDeniedException",
+                      "User: arn:aws:iam::123456789012:user/test is not authorized to perform: "
+                      "firehose:PutRecordBatch")
+UNRECOGNIZED_CLIENT = Error(400, "UnrecognizedClientException",
+                            "The security token included in the request is invalid.")
+NOT_FOUND = Error(400, "ResourceNotFoundException", "Delivery stream not found.")
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    stream: str
+    data: bytes
+    record_id: str
+
+
+@dataclass(frozen=True)
+class Call:
+    operation: str
+    stream: str | None
+    records: int  # records in the request (PutRecordBatch)
+    outcome: str  # "ok", "partial", "hang" or the error code answered
+
+
+@dataclass
+class _Programme:
+    script: deque[Fault] = field(default_factory=deque)
+    policy: Policy | None = None
+    calls: int = 0
+
+
+class FakeFirehose:
+    def __init__(self, streams: Iterable[str] = ("test-stream",),
+                 account: str = "123456789012", max_hang: float = 30.0) -> None:
+        self.streams = set(streams)
+        self.account = account
+        self.max_hang = max_hang  # a Hang never holds a request longer than this
+        self.hanging = threading.Event()  # set when a Hang starts holding a request
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._records: list[StoredRecord] = []
+        self._calls: list[Call] = []
+        self._programmes: dict[str, _Programme] = defaultdict(_Programme)
+        self._release = threading.Event()
+        self._stopped = False
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # Life cycle.
+
+    def start(self) -> FakeFirehose:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.daemon_threads = False  # server_close() joins the request threads
+        server.fake = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-firehose", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+        self.release()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            assert not self._thread.is_alive(), "fake firehose thread did not stop"
+
+    def __enter__(self) -> FakeFirehose:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # Programming faults.
+
+    def script(self, operation: str, *faults: Fault) -> None:
+        """Faults for the next calls of ``operation``, one per call, in order."""
+        assert operation in OPERATIONS, operation
+        with self._lock:
+            self._programmes[operation].script.extend(faults)
+
+    def set_policy(self, operation: str, policy: Policy | None) -> None:
+        """The fault for each call of ``operation`` once its script is used up; the
+        argument is the operation's call number, from 0."""
+        assert operation in OPERATIONS, operation
+        with self._lock:
+            self._programmes[operation].policy = policy
+
+    def release(self) -> None:
+        """Ends the hangs in progress now."""
+        with self._lock:
+            released, self._release = self._release, threading.Event()
+        released.set()
+
+    # What arrived.
+
+    @property
+    def records(self) -> list[StoredRecord]:
+        with self._lock:
+            return list(self._records)
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def data(self) -> list[bytes]:
+        return [record.data for record in self.records]
+
+    def wait_for_records(self, count: int, timeout: float) -> bool:
+        with self._arrived:
+            return self._arrived.wait_for(lambda: len(self._records) >= count, timeout)
+
+    # Used by the handler.
+
+    def _next_fault(self, operation: str) -> Fault:
+        with self._lock:
+            programme = self._programmes[operation]
+            number = programme.calls
+            programme.calls += 1
+            if programme.script:
+                return programme.script.popleft()
+            if programme.policy is not None:
+                return programme.policy(number)
+            return Accept()
+
+    def _record_call(self, call: Call, stored: Iterable[StoredRecord] = ()) -> None:
+        with self._arrived:
+            self._calls.append(call)
+            self._records.extend(stored)
+            self._arrived.notify_all()
+
+    def _hang(self, seconds: float) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            release = self._release
+        self.hanging.set()
+        release.wait(min(seconds, self.max_hang))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "FakeFirehose/1.0"
+    timeout = 10  # a stalled client cannot hold a request thread longer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet test output
+
+    @property
+    def fake(self) -> FakeFirehose:
+        return self.server.fake  # type: ignore[attr-defined]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        target = self.headers.get("X-Amz-Target", "")
+        if target.startswith("Firehose_20150804."):
+            self._firehose(target.partition(".")[2], body)
+        elif b"Action=GetCallerIdentity" in body:
+            self._get_caller_identity()
+        else:
+            self._json_error(400, "UnknownOperationException", f"unknown operation {target!r}")
+
+    # Firehose, JSON 1.1.
+
+    def _firehose(self, operation: str, body: bytes) -> None:
+        if operation not in OPERATIONS:
+            self._json_error(400, "UnknownOperationException", operation)
+            return
+        request = json.loads(body or b"{}")
+        stream = request.get("DeliveryStreamName")
+        records = request.get("Records", [])
+        fault = self.fake._next_fault(operation)
+        if not self._answer_fault(fault, operation, stream, len(records)):
+            return
+        if stream not in self.fake.streams:
+            self.fake._record_call(Call(operation, stream, len(records), NOT_FOUND.code))
+            self._json_error(400, NOT_FOUND.code,
+                             f"Firehose {stream} under account {self.fake.account} not found.")
+        elif operation == "DescribeDeliveryStream":
+            self.fake._record_call(Call(operation, stream, 0, "ok"))
+            self._json(200, {"DeliveryStreamDescription": {
+                "DeliveryStreamName": stream,
+                "DeliveryStreamARN": f"arn:aws:firehose:us-east-1:{self.fake.account}:"
+                                     f"deliverystream/{stream}",
+                "DeliveryStreamStatus": "ACTIVE", "DeliveryStreamType": "DirectPut",
+                "VersionId": "1", "Destinations": [], "HasMoreDestinations": False}})
+        else:
+            self._put_record_batch(stream, records, fault)
+
+    def _put_record_batch(self, stream: str, records: list[dict[str, str]], fault: Fault) -> None:
+        datas = [base64.b64decode(record["Data"]) for record in records]
+        problem = None
+        if not 1 <= len(datas) <= MAX_BATCH_RECORDS:
+            problem = f"{len(datas)} records: between 1 and {MAX_BATCH_RECORDS} allowed"
+        elif any(len(data) > MAX_RECORD_BYTES for data in datas):
+            problem = f"a record is over {MAX_RECORD_BYTES} bytes"
+        elif sum(map(len, datas)) > MAX_BATCH_BYTES:
+            problem = f"the batch is over {MAX_BATCH_BYTES} bytes"
+        if problem:
+            self.fake._record_call(Call("PutRecordBatch", stream, len(datas),
+                                        "InvalidArgumentException"))
+            self._json_error(400, "InvalidArgumentException", problem)
+            return
+        failing = fault.indices if isinstance(fault, Partial) else frozenset()
+        responses: list[dict[str, str]] = []
+        stored: list[StoredRecord] = []
+        for index, data in enumerate(datas):
+            if index in failing:
+                assert isinstance(fault, Partial)
+                responses.append({"ErrorCode": fault.code, "ErrorMessage": fault.message})
+            else:
+                record_id = uuid.uuid4().hex * 2
+                responses.append({"RecordId": record_id})
+                stored.append(StoredRecord(stream, data, record_id))
+        outcome = "partial" if failing else "ok"
+        self.fake._record_call(Call("PutRecordBatch", stream, len(datas), outcome), stored)
+        self._json(200, {"FailedPutCount": len(datas) - len(stored), "Encrypted": False,
+                         "RequestResponses": responses})
+
+    def _answer_fault(self, fault: Fault, operation: str, stream: str | None,
+                      count: int) -> bool:
+        """Answers an Error or Hang fault; True if the call should proceed normally."""
+        if isinstance(fault, Error):
+            self.fake._record_call(Call(operation, stream, count, fault.code))
+            if operation == "GetCallerIdentity":
+                self._xml_error(fault.status, fault.code, fault.message)
+            else:
+                self._json_error(fault.status, fault.code, fault.message)
+            return False
+        if isinstance(fault, Hang):
+            self.fake._record_call(Call(operation, stream, count, "hang"))
+            self.fake._hang(fault.seconds)
+            try:
+                if operation == "GetCallerIdentity":
+                    self._xml_error(503, SERVICE_UNAVAILABLE.code, "hung up")
+                else:
+                    self._json_error(503, SERVICE_UNAVAILABLE.code, "hung up")
+            except OSError:
+                pass  # the client gave up long ago
+            return False
+        return True
+
+    # STS, query protocol.
+
+    def _get_caller_identity(self) -> None:
+        fault = self.fake._next_fault("GetCallerIdentity")
+        if not self._answer_fault(fault, "GetCallerIdentity", None, 0):
+            return
+        self.fake._record_call(Call("GetCallerIdentity", None, 0, "ok"))
+        account = self.fake.account
+        xml = (
+            '<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+            "<GetCallerIdentityResult>"
+            f"<Arn>arn:aws:iam::{account}:user/test</Arn>"
+            "<UserId>AIDAFAKEFIREHOSEUSER</UserId>"
+            f"<Account>{account}</Account>"
+            "</GetCallerIdentityResult>"
+            f"<ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
+            "</GetCallerIdentityResponse>"
+        )
+        self._send(200, xml.encode(), "text/xml")
+
+    # Replies.
+
+    def _send(self, status: int, body: bytes, content_type: str,
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, document: dict[str, Any]) -> None:
+        self._send(status, json.dumps(document).encode(), "application/x-amz-json-1.1")
+
+    def _json_error(self, status: int, code: str, message: str) -> None:
+        self._send(status, json.dumps({"__type": code, "message": message}).encode(),
+                   "application/x-amz-json-1.1", {"x-amzn-ErrorType": code})
+
+    def _xml_error(self, status: int, code: str, message: str) -> None:
+        xml = (
+            '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+            f"<Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
+            f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+        )
+        self._send(status, xml.encode(), "text/xml")
