@@ -144,7 +144,7 @@ def validate(config: Config, *, tls_port_explicit: bool) -> Config:
     _between("--flush-size", config.flush_size, constants.MIN_FLUSH_SIZE,
              constants.MAX_FLUSH_SIZE, " bytes")
     _between("--flush-interval", config.flush_interval, 0.1, 3600, " seconds")
-    _between("--spool-max-size", config.spool_max_size, 16 * 1024 * 1024, 2**50, " bytes")
+    _between("--spool-max-size", config.spool_max_size, 1024 * 1024, 2**50, " bytes")
     _between("--shutdown-timeout", config.shutdown_timeout, 0, 3600, " seconds")
     try:
         zoneinfo.ZoneInfo(config.rfc3164_timezone)

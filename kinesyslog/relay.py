@@ -30,6 +30,8 @@ from kinesyslog.spool import Spool
 log = logging.getLogger("kinesyslog")
 CHILD_CHECK_INTERVAL = 0.2
 STATS_INTERVAL = 60.0
+WORKER_FLUSH_GRACE = 30.0  # after --shutdown-timeout, for the final flush of a busy worker
+UPLOADER_EXIT_GRACE = 10.0
 
 
 def set_title(title: str) -> None:
@@ -73,14 +75,40 @@ def lock_spool(spool_dir: Path) -> int:
     return fd
 
 
-def open_ring(config: Config, spool: Spool) -> Ring:
+def verify_ring(path: Path) -> int:
+    """Reads every uncommitted entry once (without committing); returns how many there are.
+
+    Done before the worker starts, so that a damaged ring is set aside instead of making
+    the worker fail on it at every start."""
+    reader = Ring(str(path), 0)
     try:
-        return Ring(str(config.ring_path), config.ring_capacity)
+        entries = 0
+        while True:
+            batch = reader.read_batch(65536)
+            if not batch:
+                return entries
+            entries += len(batch)
+    finally:
+        reader.close()
+
+
+def open_ring(config: Config, spool: Spool) -> Ring:
+    """The ring, replaying what an earlier run left; a damaged one is moved to corrupt/."""
+    ring = None
+    try:
+        ring = Ring(str(config.ring_path), config.ring_capacity)
+        replay = verify_ring(config.ring_path)
     except RingError as error:
+        if ring is not None:
+            ring.close()
         moved = spool.quarantine(config.ring_path, f"unreadable ring file: {error}")
-        log.error("ring file %s was not valid (%s); moved to %s and starting a new one",
-                  config.ring_path, error, moved)
+        log.error("ring file %s is damaged (%s): moved to %s for inspection, its events not "
+                  "yet spooled are not relayed; starting a new ring", config.ring_path, error,
+                  moved)
         return Ring(str(config.ring_path), config.ring_capacity)
+    if replay:
+        log.info("%d event(s) of an earlier run are in the ring and will be spooled", replay)
+    return ring
 
 
 def read_status(fd: int, timeout: float) -> str:
@@ -127,10 +155,18 @@ class Supervisor:
         return self.shutdown()
 
     def request_stop(self) -> None:
+        """Begins the shutdown: the uploader's --shutdown-timeout starts now, the worker
+        takes everything the listener still writes."""
         if not self.stopping:
             log.info("stopping: no new connections; draining what was received")
             self.stopping = True
+            self.signal_child(self.uploader_pid, signal.SIGTERM)
+            self.signal_child(self.worker_pid, signal.SIGUSR1)
             self.loop.stop()
+
+    def signal_child(self, pid: int, signum: int) -> None:
+        if pid in self.children:
+            os.kill(pid, signum)
 
     def check_children(self) -> None:
         for pid, role in list(self.children.items()):
@@ -162,12 +198,9 @@ class Supervisor:
             listener.drain_connections(deadline)
         listener.close()
         self.ring.close_producer()
-        self.wait_for("worker", self.worker_pid, deadline + constants.DEFAULT_SHUTDOWN_TIMEOUT)
-        if self.uploader_pid in self.children:
-            # SIGUSR1: the worker is done, nothing new will be spooled.
-            os.kill(self.uploader_pid, signal.SIGTERM)
-            os.kill(self.uploader_pid, signal.SIGUSR1)
-            self.wait_for("uploader", self.uploader_pid, deadline + 10)
+        self.wait_for("worker", self.worker_pid, deadline + WORKER_FLUSH_GRACE)
+        self.signal_child(self.uploader_pid, signal.SIGUSR1)  # nothing new will be spooled
+        self.wait_for("uploader", self.uploader_pid, deadline + UPLOADER_EXIT_GRACE)
         self.log_stats()
         self.loop.close()
         log.info("kinesyslog stopped")

@@ -43,14 +43,12 @@ class Worker:
         self.flush_size = config.flush_size
         self.flush_age_ms = int(config.flush_interval * 1000)
         self.spool_full = False
+        self.draining = False  # shutting down: take everything, whatever the spool holds
         self.next_spool_check = 0.0
         self.records_written = 0
         self.events_written = 0
 
     def run(self, parent_pid: int) -> int:
-        replay = self.ring.uncommitted_bytes
-        if replay:
-            log.info("replaying %d bytes of events not yet spooled by the previous run", replay)
         while True:
             if self._spool_has_room():
                 entries = self.ring.read_batch(READ_BATCH)
@@ -77,6 +75,8 @@ class Worker:
         return time.time() * 1000 - self.buffers.oldest_receive_ms >= self.flush_age_ms
 
     def _spool_has_room(self) -> bool:
+        if self.draining:
+            return True
         now = time.monotonic()
         if now < self.next_spool_check:
             return not self.spool_full
@@ -117,9 +117,16 @@ class Worker:
 def worker_main(config: Config, ring: Ring, owner: str, wake_fd: int, parent_pid: int) -> int:
     # The listener decides when the worker stops (by closing the ring's producer side);
     # terminal Ctrl-C and systemd's SIGTERM to the whole group must not cut a flush short.
+    # SIGUSR1 from the listener: shutdown has begun. The spool cap must not stop the worker
+    # then, or messages the listener already read could not reach the ring.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker = Worker(config, ring, owner, wake_fd)
+
+    def drain(signum: int, frame: object) -> None:
+        worker.draining = True
+
+    signal.signal(signal.SIGUSR1, drain)
     code = worker.run(parent_pid)
     log.info("worker done: %d events in %d records spooled", worker.events_written,
              worker.records_written)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,7 @@ from tests.e2e.relay_process import (
     octet_counted,
     send_tcp,
     send_udp,
+    wait_for,
 )
 from tests.fake_firehose import (
     INTERNAL_ERROR,
@@ -104,3 +110,61 @@ def test_missing_stream_exits_78_before_binding(fake_firehose: FakeFirehose,
     assert len(errors) == 1 and "--stream no-such-stream" in errors[0], relay.log
     assert "Traceback" not in relay.log
     assert "listening" not in relay.log
+
+
+class BlockingSender(threading.Thread):
+    """Sends numbered incompressible messages over one TCP connection; sendall blocks while
+    the relay applies back-pressure."""
+
+    def __init__(self, port: int, count: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.count = count
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def message(self, number: int) -> bytes:
+        return b"<13>1 - h app - - - seq=%07d %s" % (number, os.urandom(400).hex().encode())
+
+    def run(self) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=120) as sock:
+                while self.sent < self.count:
+                    batch = [self.message(self.sent + i) for i in range(100)]
+                    sock.sendall(b"".join(m + b"\n" for m in batch))
+                    self.sent += len(batch)
+        except BaseException as error:  # reported by the test
+            self.error = error
+
+
+def test_spool_full_pauses_tcp_and_drops_udp(fake_firehose: FakeFirehose, tmp_path: Path) -> None:
+    fake_firehose.set_policy("PutRecordBatch", lambda number: INTERNAL_ERROR)
+    spool = tmp_path / "spool"
+    port = free_ports()
+    relay = Relay(args_for(spool, port, "--spool-max-size", str(1024 * 1024), "--flush-size",
+                           str(1024 * 1024), "--shutdown-timeout", "60"),
+                  env={"AWS_ENDPOINT_URL": fake_firehose.url}).start()
+    sender = BlockingSender(port, 150_000)  # ~125 MB: more than the spool cap and the ring
+    try:
+        sender.start()
+        wait_for(lambda: "pausing intake" in relay.log, 60, message="spool cap reached")
+
+        def stalled() -> bool:
+            before = sender.sent
+            time.sleep(1.0)
+            return sender.sent == before and sender.sent < sender.count
+
+        wait_for(stalled, 60, interval=0, message="TCP sender blocked by back-pressure")
+        send_udp("127.0.0.1", port, [b"<13>udp while full %d" % i for i in range(50)])
+        fake_firehose.set_policy("PutRecordBatch", None)  # Firehose recovers
+        sender.join(120)
+        assert not sender.is_alive() and sender.error is None, sender.error
+    finally:
+        assert relay.stop(timeout=120) == 0, relay.log
+    dropped = int(re.findall(r"(\d+) UDP dropped", relay.log)[-1])
+    assert dropped > 0
+    delivered = delivered_messages(fake_firehose)
+    assert len(delivered) == len(set(delivered))
+    tcp = sorted(int(m[23:30]) for m in delivered if m.startswith("<13>1 - h app - - - seq="))
+    assert tcp == list(range(sender.count))
+    assert sum(m.startswith("<13>udp while full") for m in delivered) == 50 - dropped

@@ -1,0 +1,109 @@
+"""Fuzz event encoding against json.dumps and a dict-based model of EventBuffers."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kinesyslog._fast.events import EventBuffers, IdGenerator, json_string
+from kinesyslog._fast.syslog import TimestampExtractor
+
+PREFIX = b"987654321098765432109876543210987654"
+
+
+def reference(message: bytes) -> bytes:
+    return json.dumps(message.decode("utf-8", "backslashreplace"), ensure_ascii=False).encode()
+
+
+# Pieces that make the UTF-8 validator and the 8-byte fast path work: sequence starts,
+# continuation bytes, boundaries of the valid ranges, escapes.
+pieces = st.sampled_from(
+    [
+        b"a",
+        b"abcdefgh",
+        b'"',
+        b"\\",
+        b"\n",
+        b"\x00",
+        b"\x1f",
+        b"\x7f",
+        b"\x80",
+        b"\xbf",
+        b"\xc1",
+        b"\xc2",
+        b"\xdf",
+        b"\xe0",
+        b"\xe0\xa0",
+        b"\xed",
+        b"\xed\x9f",
+        b"\xed\xa0",
+        b"\xef",
+        b"\xf0",
+        b"\xf0\x90",
+        b"\xf4",
+        b"\xf4\x8f",
+        b"\xf4\x90",
+        b"\xf5",
+        b"\xff",
+    ]
+)
+edgy = st.lists(pieces, max_size=40).map(b"".join)
+texts = st.text().map(lambda t: t.encode("utf-8", "surrogatepass"))
+
+
+@given(st.one_of(st.binary(max_size=300), edgy, texts))
+def test_json_string_matches_json_dumps(message: bytes) -> None:
+    assert json_string(message) == reference(message)
+
+
+entries = st.lists(
+    st.tuples(
+        st.sampled_from([0, 1]),
+        st.sampled_from([514, 1514, 12201]),
+        st.sampled_from([b"192.0.2.7", b"2001:db8::1", b"198.51.100.23"]),
+        st.integers(0, 4102444800000),
+        st.one_of(
+            st.binary(max_size=80),
+            edgy,
+            st.sampled_from(
+                [
+                    b"<13>1 2024-02-29T10:11:12.345Z host app - - - msg",
+                    b"<13>Mar  1 10:11:12 host app: msg",
+                    b"<13>2024-02-29T10:11:12+01:00 host tag: msg",
+                ]
+            ),
+        ),
+    ),
+    max_size=30,
+)
+
+
+@given(st.lists(entries, max_size=4))
+def test_event_buffers_match_a_model(batches: list[list[tuple]]) -> None:
+    extractor = TimestampExtractor("Europe/Paris")
+    buffers = EventBuffers(extractor, IdGenerator(PREFIX))
+    model: dict[tuple, list[dict]] = {}
+    count = 0
+    for batch in batches:
+        buffers.add_batch(batch)
+        for kind, port, source, receive_ms, message in batch:
+            model.setdefault((kind, port, source), []).append(
+                {
+                    "id": (PREFIX + b"%020d" % count).decode(),
+                    "timestamp": extractor.extract(message, receive_ms),
+                    "message": message.decode("utf-8", "backslashreplace"),
+                }
+            )
+            count += 1
+    all_entries = [entry for batch in batches for entry in batch]
+    assert buffers.event_count == count
+    assert buffers.oldest_receive_ms == min((e[3] for e in all_entries), default=0)
+    total_bytes = buffers.total_bytes
+    taken = buffers.take()
+    assert sum(len(e) for _, events in taken for e in events) == total_bytes
+    assert [key for key, _ in taken] == list(model)
+    for key, events in taken:
+        assert events == [json.dumps(event, ensure_ascii=False).encode() for event in model[key]]
+    assert (buffers.event_count, buffers.total_bytes, buffers.take()) == (0, 0, [])

@@ -1,0 +1,353 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Events as JSON, grouped by stream: the worker's hot path.
+
+An event is encoded exactly as json.dumps({"id": ..., "timestamp": ..., "message": ...})
+writes it, the message being the received bytes decoded as UTF-8 with "backslashreplace"
+(SPEC §4): valid UTF-8 is copied as is, each invalid byte becomes the text \\xNN (which
+JSON writes as \\\\xNN), and control characters, '"' and '\\' are escaped as json.dumps
+escapes them with ensure_ascii=False.
+
+Sans-IO except new_id_prefix(), which reads the clock and the system's random source once
+per worker start.
+"""
+
+import secrets
+import time
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
+
+from kinesyslog._fast.syslog cimport TimestampExtractor
+
+from kinesyslog.constants import EVENT_ID_DIGITS
+
+cdef enum:
+    COUNTER_DIGITS = 20  # digits of the largest 64-bit counter
+    ID_LENGTH = 56
+    PREFIX_LENGTH = ID_LENGTH - COUNTER_DIGITS
+    # {"id": "<id>", "timestamp": <ts>, "message": <json string>}
+    EVENT_OVERHEAD = 8 + ID_LENGTH + 16 + 20 + 13 + 1
+    MIN_SCRATCH = 64 * 1024
+
+assert EVENT_ID_DIGITS == ID_LENGTH
+
+cdef const char* HEX = b"0123456789abcdef"
+
+# Byte classes: 0 copied as is, 1 ASCII that JSON escapes, 2 the start of a UTF-8 sequence
+# or an invalid byte.
+cdef unsigned char BYTE_CLASS[256]
+
+
+cdef void init_classes() noexcept:
+    cdef int c
+    for c in range(256):
+        if c < 0x20 or c == 0x22 or c == 0x5C:
+            BYTE_CLASS[c] = 1
+        elif c >= 0x80:
+            BYTE_CLASS[c] = 2
+        else:
+            BYTE_CLASS[c] = 0
+
+
+init_classes()
+
+cdef uint64_t ONES = 0x0101010101010101ULL
+cdef uint64_t HIGHS = 0x8080808080808080ULL
+
+
+cdef inline bint plain8(const unsigned char* p) noexcept:
+    """True if none of the 8 bytes at p needs work (SWAR: no byte < 0x20, >= 0x80, '"', '\\')."""
+    cdef uint64_t x, quote, backslash
+    memcpy(&x, p, 8)
+    quote = x ^ (ONES * 0x22)
+    backslash = x ^ (ONES * 0x5C)
+    return (((x - ONES * 0x20) | x | (quote - ONES) & ~quote | (backslash - ONES) & ~backslash)
+            & HIGHS) == 0
+
+
+cdef inline bint is_cont(unsigned char c) noexcept:
+    return 0x80 <= c <= 0xBF
+
+
+cdef inline Py_ssize_t utf8_length(const unsigned char* p, Py_ssize_t remaining) noexcept:
+    """Length of the well-formed UTF-8 sequence at p (Unicode Table 3-7), or 0."""
+    cdef unsigned char c = p[0], low = 0x80, high = 0xBF
+    if c < 0xC2:
+        return 0
+    if c < 0xE0:
+        return 2 if remaining >= 2 and is_cont(p[1]) else 0
+    if c < 0xF0:
+        if c == 0xE0:
+            low = 0xA0
+        elif c == 0xED:
+            high = 0x9F  # no UTF-16 surrogates
+        if remaining >= 3 and low <= p[1] <= high and is_cont(p[2]):
+            return 3
+        return 0
+    if c < 0xF5:
+        if c == 0xF0:
+            low = 0x90
+        elif c == 0xF4:
+            high = 0x8F  # nothing above U+10FFFF
+        if remaining >= 4 and low <= p[1] <= high and is_cont(p[2]) and is_cont(p[3]):
+            return 4
+    return 0
+
+
+cdef Py_ssize_t write_json_string(const unsigned char* src, Py_ssize_t n,
+                                  unsigned char* out) noexcept:
+    """Write the JSON string of src into out (room for 6 * n + 2 bytes); its length."""
+    cdef Py_ssize_t i = 0, o = 1, start, length
+    cdef unsigned char c
+    out[0] = 0x22
+    while True:
+        start = i
+        while n - i >= 8 and plain8(src + i):
+            i += 8
+        while i < n and BYTE_CLASS[src[i]] == 0:
+            i += 1
+        memcpy(out + o, src + start, i - start)
+        o += i - start
+        if i >= n:
+            break
+        c = src[i]
+        if c < 0x80:
+            out[o] = 0x5C
+            if c == 0x22 or c == 0x5C:
+                out[o + 1] = c
+            elif c == 0x0A:
+                out[o + 1] = 0x6E  # n
+            elif c == 0x0D:
+                out[o + 1] = 0x72  # r
+            elif c == 0x09:
+                out[o + 1] = 0x74  # t
+            elif c == 0x08:
+                out[o + 1] = 0x62  # b
+            elif c == 0x0C:
+                out[o + 1] = 0x66  # f
+            else:
+                memcpy(out + o + 1, b"u00", 3)
+                out[o + 4] = HEX[c >> 4]
+                out[o + 5] = HEX[c & 15]
+                o += 4
+            o += 2
+            i += 1
+            continue
+        length = utf8_length(src + i, n - i)
+        if length:
+            memcpy(out + o, src + i, length)
+            o += length
+            i += length
+        else:
+            # backslashreplace writes \xNN; JSON escapes its backslash.
+            memcpy(out + o, b"\\\\x", 3)
+            out[o + 3] = HEX[c >> 4]
+            out[o + 4] = HEX[c & 15]
+            o += 5
+            i += 1
+    out[o] = 0x22
+    return o + 1
+
+
+def json_string(message) -> bytes:
+    """json.dumps(bytes(message).decode("utf-8", "backslashreplace"), ensure_ascii=False),
+    encoded as UTF-8, quotes included."""
+    cdef Py_buffer view
+    cdef unsigned char* out
+    cdef Py_ssize_t length
+    PyObject_GetBuffer(message, &view, PyBUF_SIMPLE)
+    try:
+        out = <unsigned char*>malloc(6 * view.len + 2)
+        if out == NULL:
+            raise MemoryError()
+        try:
+            length = write_json_string(<const unsigned char*>view.buf, view.len, out)
+            return PyBytes_FromStringAndSize(<char*>out, length)
+        finally:
+            free(out)
+    finally:
+        PyBuffer_Release(&view)
+
+
+def new_id_prefix() -> bytes:
+    """36 digits for an IdGenerator: the time in ns (20 digits) and 16 random digits."""
+    return b"%020d%016d" % (time.time_ns(), secrets.randbelow(10**16))
+
+
+cdef class IdGenerator:
+    """Event ids: 36 prefix digits then a 20-digit counter starting at 0 (56 digits)."""
+
+    cdef unsigned char digits[ID_LENGTH]
+
+    def __init__(self, bytes prefix):
+        if len(prefix) != PREFIX_LENGTH or not prefix.isdigit():
+            raise ValueError(f"id prefix must be {PREFIX_LENGTH} ASCII digits, got {prefix!r}")
+        cdef int i
+        memcpy(self.digits, <const char*>prefix, PREFIX_LENGTH)
+        for i in range(PREFIX_LENGTH, ID_LENGTH):
+            self.digits[i] = 0x30
+
+    cdef void write_next(self, unsigned char* out) noexcept:
+        cdef int k = ID_LENGTH - 1
+        memcpy(out, self.digits, ID_LENGTH)
+        while k >= PREFIX_LENGTH:
+            if self.digits[k] != 0x39:
+                self.digits[k] += 1
+                return
+            self.digits[k] = 0x30
+            k -= 1
+
+    def next_id(self) -> bytes:
+        cdef unsigned char out[ID_LENGTH]
+        self.write_next(out)
+        return PyBytes_FromStringAndSize(<char*>out, ID_LENGTH)
+
+
+cdef inline Py_ssize_t write_int(long long value, unsigned char* out) noexcept:
+    cdef unsigned char tmp[20]
+    cdef Py_ssize_t k = 0, o = 0
+    cdef unsigned long long v
+    if value < 0:
+        out[0] = 0x2D
+        o = 1
+        v = <unsigned long long>(-(value + 1)) + 1
+    else:
+        v = <unsigned long long>value
+    while True:
+        tmp[k] = 0x30 + <unsigned char>(v % 10)
+        k += 1
+        v //= 10
+        if v == 0:
+            break
+    while k > 0:
+        k -= 1
+        out[o] = tmp[k]
+        o += 1
+    return o
+
+
+cdef class EventBuffers:
+    """Encoded events per (kind, port, source), in arrival order."""
+
+    cdef TimestampExtractor extractor
+    cdef IdGenerator ids
+    cdef dict groups
+    cdef list last_list
+    cdef long last_kind
+    cdef long last_port
+    cdef object last_source
+    cdef readonly Py_ssize_t total_bytes
+    cdef readonly Py_ssize_t event_count
+    cdef readonly long long oldest_receive_ms
+    cdef unsigned char* scratch
+    cdef Py_ssize_t capacity
+
+    def __cinit__(self):
+        self.scratch = <unsigned char*>malloc(MIN_SCRATCH)
+        if self.scratch == NULL:
+            raise MemoryError()
+        self.capacity = MIN_SCRATCH
+
+    def __dealloc__(self):
+        free(self.scratch)
+
+    def __init__(self, TimestampExtractor extractor not None, IdGenerator ids not None):
+        self.extractor = extractor
+        self.ids = ids
+        self._reset()
+
+    cdef void _reset(self) noexcept:
+        self.groups = {}
+        self.last_list = None
+        self.last_source = None
+        self.total_bytes = 0
+        self.event_count = 0
+        self.oldest_receive_ms = 0
+
+    cdef int _reserve(self, Py_ssize_t size) except -1:
+        cdef unsigned char* bigger
+        if size <= self.capacity:
+            return 0
+        bigger = <unsigned char*>realloc(self.scratch, size)
+        if bigger == NULL:
+            raise MemoryError()
+        self.scratch = bigger
+        self.capacity = size
+        return 0
+
+    cdef list _list_for(self, object kind_obj, long kind, object port_obj, long port,
+                        object source):
+        cdef object key = (kind_obj, port_obj, source)
+        cdef list events = self.groups.get(key)
+        if events is None:
+            events = []
+            self.groups[key] = events
+        self.last_list = events
+        self.last_kind = kind
+        self.last_port = port
+        self.last_source = source
+        return events
+
+    def add_batch(self, list entries not None) -> None:
+        """Add (kind, port, source, receive_ms, message) tuples."""
+        cdef Py_buffer view
+        cdef const unsigned char* data
+        cdef Py_ssize_t length, o
+        cdef long kind, port
+        cdef long long receive_ms, timestamp
+        cdef unsigned char* out
+        cdef list events
+        cdef bint is_bytes
+        for entry in entries:
+            kind_obj, port_obj, source, receive_obj, message = <tuple?>entry
+            kind = kind_obj
+            port = port_obj
+            receive_ms = receive_obj
+            events = self.last_list
+            if events is None or kind != self.last_kind or port != self.last_port or (
+                    source is not self.last_source and source != self.last_source):
+                events = self._list_for(kind_obj, kind, port_obj, port, source)
+            is_bytes = PyBytes_CheckExact(message)
+            if is_bytes:
+                data = <const unsigned char*>PyBytes_AS_STRING(message)
+                length = PyBytes_GET_SIZE(message)
+            else:
+                PyObject_GetBuffer(message, &view, PyBUF_SIMPLE)
+                data = <const unsigned char*>view.buf
+                length = view.len
+            try:
+                self._reserve(EVENT_OVERHEAD + 6 * length + 2)
+                timestamp = self.extractor.c_extract(data, length, receive_ms)
+                out = self.scratch
+                memcpy(out, b'{"id": "', 8)
+                self.ids.write_next(out + 8)
+                memcpy(out + 8 + ID_LENGTH, b'", "timestamp": ', 16)
+                o = 8 + ID_LENGTH + 16
+                o += write_int(timestamp, out + o)
+                memcpy(out + o, b', "message": ', 13)
+                o += 13
+                o += write_json_string(data, length, out + o)
+                out[o] = 0x7D
+                o += 1
+            finally:
+                if not is_bytes:
+                    PyBuffer_Release(&view)
+            events.append(PyBytes_FromStringAndSize(<char*>out, o))
+            if self.event_count == 0 or receive_ms < self.oldest_receive_ms:
+                self.oldest_receive_ms = receive_ms
+            self.event_count += 1
+            self.total_bytes += o
+
+    def take(self) -> list:
+        """[((kind, port, source), [event, ...]), ...] in first-seen key order; then empty."""
+        cdef list taken = list(self.groups.items())
+        self._reset()
+        return taken

@@ -1,0 +1,273 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Syslog message framing: RFC 6587 for TCP and TLS, RFC 5426 for UDP.
+
+Sans-IO: `StreamFramer.feed()` takes whatever a socket returned and gives back the complete
+messages; `close()` is called at end of stream. The framing is detected at each frame start.
+
+RFC 6587 §3.4.1, octet counting (MSG-LEN limited here to 9 digits, as SPEC.md §4 says):
+
+    TCP-DATA = *SYSLOG-FRAME
+    SYSLOG-FRAME = MSG-LEN SP SYSLOG-MSG
+    MSG-LEN = NONZERO-DIGIT *DIGIT
+    NONZERO-DIGIT = %d49-57
+
+RFC 6587 §3.4.2, non-transparent framing (the trailer accepted here is LF or NUL; a CR right
+before an LF is removed as well, since many senders end lines with CRLF):
+
+    TCP-DATA = *SYSLOG-FRAME
+    SYSLOG-FRAME = SYSLOG-MSG TRAILER
+    TRAILER = LF / APP-DEFINED
+    APP-DEFINED = 1*2OCTET
+
+A frame that starts with 1-9 followed by up to 8 more digits and SP is octet-counted;
+anything else (a leading zero, a tenth digit, another byte after the digits) starts a
+non-transparent frame whose content includes those bytes.
+
+A message longer than max_message_size is delivered cut to max_message_size bytes as soon as
+that is known, counted in `truncated`, and the rest of its frame is skipped. At most
+max_message_size + 16 bytes are ever held between two feeds.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdlib cimport free, malloc
+from libc.string cimport memchr, memcpy
+
+cdef enum:
+    MAX_LEN_DIGITS = 9
+    BUFFER_SLACK = 16
+    LF = 10
+    CR = 13
+    SP = 32
+
+cdef enum State:
+    FRAME_START    # between frames; buf holds blen (0-9) MSG-LEN digits seen so far
+    OCTET          # inside an octet-counted frame: buf holds blen content bytes
+    OCTET_SKIP     # the frame's message was delivered truncated: skip `need` more bytes
+    NON_TRANSPARENT  # inside a non-transparent frame: buf holds blen content bytes
+    NT_SKIP        # the message was delivered truncated: skip up to the next LF or NUL
+
+
+cdef class StreamFramer:
+    cdef Py_ssize_t max_size
+    cdef unsigned char* buf
+    cdef Py_ssize_t blen
+    cdef State state
+    cdef Py_ssize_t need      # OCTET/OCTET_SKIP: bytes of the frame not consumed yet
+    cdef Py_ssize_t target    # OCTET: content bytes to deliver, min(MSG-LEN, max_size)
+    cdef readonly Py_ssize_t truncated
+    cdef readonly Py_ssize_t incomplete_dropped
+    # Per-feed scan cache: next LF / NUL at or after the scan position (n when none).
+    cdef Py_ssize_t next_lf
+    cdef Py_ssize_t next_nul
+
+    def __cinit__(self, Py_ssize_t max_message_size):
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be at least 1")
+        self.max_size = max_message_size
+        self.buf = <unsigned char*>malloc(max_message_size + BUFFER_SLACK)
+        if self.buf == NULL:
+            raise MemoryError()
+        self.blen = 0
+        self.state = FRAME_START
+        self.truncated = 0
+        self.incomplete_dropped = 0
+
+    def __init__(self, Py_ssize_t max_message_size):
+        pass
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    @property
+    def buffered(self) -> int:
+        return self.blen
+
+    def feed(self, data) -> list:
+        cdef Py_buffer view
+        cdef list out = []
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._feed(<const unsigned char*>view.buf, view.len, out)
+        finally:
+            PyBuffer_Release(&view)
+        return out
+
+    def close(self) -> list:
+        cdef list out = []
+        cdef Py_ssize_t length = self.blen
+        if self.state == FRAME_START or self.state == NON_TRANSPARENT:
+            # Digits never followed by SP are a non-transparent message. End of stream ends
+            # the line: a CR left at its end goes, as it would before an LF.
+            if length > 0 and self.buf[length - 1] == CR:
+                length -= 1
+            if length > self.max_size:
+                length = self.max_size
+                self.truncated += 1
+            if length > 0:
+                out.append(PyBytes_FromStringAndSize(<char*>self.buf, length))
+        elif self.state == OCTET:
+            self.incomplete_dropped += 1
+        self.blen = 0
+        self.state = FRAME_START
+        return out
+
+    cdef inline Py_ssize_t _terminator(self, const unsigned char* p, Py_ssize_t i,
+                                       Py_ssize_t n) noexcept:
+        """Position of the first LF or NUL in p[i:n], or n."""
+        cdef const void* hit
+        if self.next_lf < i:
+            hit = memchr(p + i, LF, <size_t>(n - i))
+            self.next_lf = (<const unsigned char*>hit - p) if hit != NULL else n
+        if self.next_nul < i:
+            hit = memchr(p + i, 0, <size_t>(n - i))
+            self.next_nul = (<const unsigned char*>hit - p) if hit != NULL else n
+        return self.next_lf if self.next_lf < self.next_nul else self.next_nul
+
+    cdef inline object _message(self, const unsigned char* p, Py_ssize_t length):
+        """The message made of buf[:blen] followed by p, cut to length bytes."""
+        cdef Py_ssize_t head
+        cdef object message
+        cdef char* dest
+        if self.blen == 0:
+            return PyBytes_FromStringAndSize(<const char*>p, length)
+        message = PyBytes_FromStringAndSize(NULL, length)
+        dest = PyBytes_AS_STRING(message)
+        head = self.blen if self.blen < length else length
+        memcpy(dest, self.buf, head)
+        memcpy(dest + head, p, length - head)
+        return message
+
+    cdef int _feed(self, const unsigned char* p, Py_ssize_t n, list out) except -1:
+        cdef Py_ssize_t i = 0, j, t, avail, total, take
+        cdef Py_ssize_t max_size = self.max_size
+        cdef long long length
+        cdef unsigned char c, last
+        self.next_lf = -1
+        self.next_nul = -1
+        while i < n:
+            if self.state == FRAME_START:
+                if self.blen == 0:
+                    c = p[i]
+                    if c < 0x31 or c > 0x39:
+                        self.state = NON_TRANSPARENT
+                        continue
+                    # Up to 10 digits decide: SP after 1-9 of them means octet counting.
+                    j = i + 1
+                    length = c - 0x30
+                    while j < n and j - i <= MAX_LEN_DIGITS and 0x30 <= p[j] <= 0x39:
+                        length = length * 10 + (p[j] - 0x30)
+                        j += 1
+                    if j == n and j - i <= MAX_LEN_DIGITS:
+                        memcpy(self.buf, p + i, j - i)
+                        self.blen = j - i
+                        return 0
+                    if j - i <= MAX_LEN_DIGITS and p[j] == SP:
+                        self._start_octet(length)
+                        i = j + 1
+                    else:
+                        self.state = NON_TRANSPARENT
+                    continue
+                # MSG-LEN digits held from an earlier feed: at most 10 more bytes decide.
+                c = p[i]
+                if 0x30 <= c <= 0x39 and self.blen < MAX_LEN_DIGITS:
+                    self.buf[self.blen] = c
+                    self.blen += 1
+                    i += 1
+                elif c == SP:
+                    length = 0
+                    for j in range(self.blen):
+                        length = length * 10 + (self.buf[j] - 0x30)
+                    self.blen = 0
+                    self._start_octet(length)
+                    i += 1
+                else:
+                    self.state = NON_TRANSPARENT
+            elif self.state == NON_TRANSPARENT:
+                t = self._terminator(p, i, n)
+                avail = t - i
+                total = self.blen + avail
+                if total > 0:
+                    last = p[t - 1] if avail > 0 else self.buf[self.blen - 1]
+                else:
+                    last = 0
+                if t < n:
+                    if p[t] == LF and last == CR:
+                        total -= 1
+                    if total > max_size:
+                        out.append(self._message(p + i, max_size))
+                        self.truncated += 1
+                    elif total > 0:
+                        out.append(self._message(p + i, total))
+                    self.blen = 0
+                    self.state = FRAME_START
+                    i = t + 1
+                elif total <= max_size or (total == max_size + 1 and last == CR):
+                    # A CR just past the limit may still be the CR of a CRLF.
+                    memcpy(self.buf + self.blen, p + i, avail)
+                    self.blen = total
+                    i = n
+                else:
+                    out.append(self._message(p + i, max_size))
+                    self.truncated += 1
+                    self.blen = 0
+                    self.state = NT_SKIP
+                    i = n
+            elif self.state == OCTET:
+                avail = n - i
+                take = self.target - self.blen
+                if avail >= take:
+                    out.append(self._message(p + i, self.target))
+                    if self.need > take:
+                        self.truncated += 1
+                    self.blen = 0
+                    self.need -= take
+                    i += take
+                    self.state = OCTET_SKIP if self.need > 0 else FRAME_START
+                else:
+                    memcpy(self.buf + self.blen, p + i, avail)
+                    self.blen += avail
+                    self.need -= avail
+                    i = n
+            elif self.state == OCTET_SKIP:
+                take = n - i if n - i < self.need else self.need
+                self.need -= take
+                i += take
+                if self.need == 0:
+                    self.state = FRAME_START
+            else:  # NT_SKIP
+                t = self._terminator(p, i, n)
+                i = t + 1 if t < n else n
+                if t < n:
+                    self.state = FRAME_START
+        return 0
+
+    cdef inline void _start_octet(self, long long length) noexcept:
+        self.state = OCTET
+        self.need = <Py_ssize_t>length
+        self.target = <Py_ssize_t>length if length < self.max_size else self.max_size
+        self.blen = 0
+
+
+def frame_datagram(data, Py_ssize_t max_message_size) -> tuple:
+    """One UDP datagram is one message (RFC 5426 §3.1); drop one trailing CRLF, LF or NUL."""
+    cdef Py_buffer view
+    cdef const unsigned char* p
+    cdef Py_ssize_t n
+    cdef bint truncated = False
+    if max_message_size < 1:
+        raise ValueError("max_message_size must be at least 1")
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        p = <const unsigned char*>view.buf
+        n = view.len
+        if n > 0 and (p[n - 1] == LF or p[n - 1] == 0):
+            n -= 1
+            if p[n] == LF and n > 0 and p[n - 1] == CR:
+                n -= 1
+        if n > max_message_size:
+            n = max_message_size
+            truncated = True
+        return PyBytes_FromStringAndSize(<const char*>p, n), truncated
+    finally:
+        PyBuffer_Release(&view)

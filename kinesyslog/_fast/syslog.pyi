@@ -1,0 +1,9 @@
+"""Event timestamps from syslog headers, in milliseconds since the epoch."""
+
+Buffer = bytes | bytearray | memoryview
+
+class TimestampExtractor:
+    @property
+    def timezone(self) -> str: ...
+    def __init__(self, timezone: str = "UTC") -> None: ...
+    def extract(self, message: Buffer, receive_ms: int) -> int: ...
