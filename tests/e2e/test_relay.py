@@ -199,3 +199,20 @@ def test_dead_child_stops_relay(tmp_path: Path) -> None:
     assert "uploader process exited unexpectedly" in relay.log
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_damaged_ring_is_set_aside(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "ring.mmap").write_bytes(b"this is not a ring" * 1000)
+    port = free_ports()
+    relay = Relay(["--output-dir", str(tmp_path / "out"), "--spool-dir", str(spool),
+                   "--udp-port", str(port), "--address", "127.0.0.1"]).start()
+    try:
+        send_udp("127.0.0.1", port, [b"<13>after a damaged ring"])
+    finally:
+        assert relay.stop() == 0, relay.log
+    assert "ring file" in relay.log and "damaged" in relay.log
+    assert (spool / "corrupt" / "ring.mmap").read_bytes().startswith(b"this is not a ring")
+    records = [r for p in (tmp_path / "out").iterdir() for r in decode_records(p.read_bytes())]
+    assert [e["message"] for _, _, e in events_of(records)] == ["<13>after a damaged ring"]
