@@ -37,8 +37,8 @@ def cli() -> None:
 @option("address", default="0.0.0.0", help="Bind address; :: listens on IPv6 and IPv4.")
 @option("udp-port", default=(), help="UDP listener port; 0 to disable. May be repeated.", **PORTS)
 @option("tcp-port", default=(), help="TCP listener port; 0 to disable. May be repeated.", **PORTS)
-@option("tls-port", default=(6514,), help="TLS listener port (needs --cert and --key); "
-        "0 to disable. May be repeated.", **PORTS)
+@option("tls-port", default=(constants.DEFAULT_TLS_PORT,), help="TLS listener port (needs "
+        "--cert and --key); 0 to disable. May be repeated.", **PORTS)
 @option("cert", type=click.Path(dir_okay=False, path_type=Path),
         help="PEM certificate chain for TLS listeners.")
 @option("key", type=click.Path(dir_okay=False, path_type=Path),
@@ -70,6 +70,8 @@ def cli() -> None:
 @option("shutdown-timeout", type=float, default=constants.DEFAULT_SHUTDOWN_TIMEOUT,
         help="Seconds SIGTERM waits for the final uploads.")
 @option("rfc3164-timezone", default="UTC", help="IANA time zone of RFC 3164 timestamps.")
+@option("max-connections", type=int, default=constants.DEFAULT_MAX_CONNECTIONS,
+        help="Most TCP and TLS connections open at once; more are refused and counted.")
 @option("debug", is_flag=True, help="Debug logging.")
 @option("debug-asyncio", is_flag=True, hidden=True,
         help="Accepted for compatibility with 2.x; there is no asyncio to debug.")

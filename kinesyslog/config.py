@@ -43,6 +43,7 @@ class Config:
     spool_max_size: int = constants.DEFAULT_SPOOL_MAX_SIZE
     shutdown_timeout: float = constants.DEFAULT_SHUTDOWN_TIMEOUT
     rfc3164_timezone: str = "UTC"
+    max_connections: int = constants.DEFAULT_MAX_CONNECTIONS
 
     @property
     def ring_capacity(self) -> int:
@@ -115,19 +116,23 @@ def validate(config: Config, *, tls_port_explicit: bool) -> Config:
     if tls and not has_tls_material and tls_port_explicit:
         raise ConfigError(f"--tls-port {tls[0]}: TLS needs a certificate; "
                           "give --cert and --key, or --tls-port 0 to disable TLS")
+    if has_tls_material and (config.cert is None or config.key is None):
+        missing = "--key" if config.key is None else "--cert"
+        raise ConfigError(f"{missing}: missing; TLS needs both --cert and --key")
     if not has_tls_material:
         tls = ()
-    if tls:
-        raise ConfigError("--tls-port/--cert/--key: TLS listeners are not available in this "
-                          "version yet; use --tls-port 0 and plain --tcp-port")
-    if proxy:
-        raise ConfigError("--proxy-protocol: PROXY protocol support is not available in this "
-                          "version yet; remove --proxy-protocol")
+    clash = sorted(set(tls) & set(tcp))
+    if clash:
+        raise ConfigError(f"--tls-port {clash[0]}: also given as --tcp-port; use different ports")
+    for port in proxy:
+        if port not in tcp and port not in tls:
+            raise ConfigError(f"--proxy-protocol {port}: not a --tcp-port or --tls-port; "
+                              "name one of the TCP or TLS listener ports")
+    if config.client_ca is not None and not tls:
+        raise ConfigError("--client-ca: needs a TLS listener; give --cert, --key "
+                          "(and --tls-port), or remove --client-ca")
     if config.gelf:
         raise ConfigError("--gelf: GELF input is not available in this version yet; remove --gelf")
-    if config.client_ca is not None:
-        raise ConfigError("--client-ca: mutual TLS is not available in this version yet; "
-                          "remove --client-ca")
     if prometheus:
         raise ConfigError("--prometheus-port: the metrics endpoint is not available in this "
                           "version yet; use --prometheus-port 0")
@@ -163,6 +168,8 @@ def validate(config: Config, *, tls_port_explicit: bool) -> Config:
             raise ConfigError(f"--output-dir {output_dir}: must differ from --spool-dir")
     _readable_file("--cert", config.cert)
     _readable_file("--key", config.key)
+    _readable_file("--client-ca", config.client_ca)
+    _between("--max-connections", config.max_connections, 1, 1_000_000)
 
     return Config(**{
         **config.__dict__,

@@ -12,6 +12,9 @@ MIN_MAX_MESSAGE_SIZE = 1024
 TCP_RECV_SIZE = 256 * 1024
 UDP_RECV_SIZE = 65_535
 MAX_SOURCE_LENGTH = 255  # bytes of source-address text stored per ring entry
+DEFAULT_TLS_PORT = 6514
+DEFAULT_MAX_CONNECTIONS = 4096
+NEGOTIATION_TIMEOUT = 10.0  # seconds for a PROXY header and TLS handshake to complete
 
 # Worker buffers (2.0.1's constants are the defaults).
 DEFAULT_FLUSH_SIZE = 4 * 1024 * 1024
@@ -69,3 +72,12 @@ KIND_GELF = 1
 # more than this far after the receive time. Zone offsets are cached per hour, this many.
 RFC3164_MAX_FUTURE_MS = 2 * 86_400 * 1000
 TIMEZONE_CACHE_SIZE = 4096
+
+# PROXY protocol headers. A v1 line is at most 107 bytes with its CRLF (proxy-protocol.txt
+# §2.1). A v2 header may declare up to 16 + 65535 bytes; real ones are far smaller (AWS NLB
+# sends under 300 bytes: 16 + 36 address bytes + a VPC-endpoint TLV; HAProxy's largest, with
+# UNIX addresses and every SSL, authority, ALPN and unique-id TLV, stays near 1 KiB).
+# 16 + 4096 admits all of them with room to spare while bounding what one connection may
+# make the listener buffer before its header is judged.
+PROXY_V1_MAX_LENGTH = 107
+PROXY_V2_MAX_LENGTH = 16 + 4096

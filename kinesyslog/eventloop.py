@@ -44,6 +44,20 @@ class EventLoop:
     def add_reader(self, fileobj: Any, callback: Callback) -> None:
         self._selector.register(fileobj, selectors.EVENT_READ, callback)
 
+    def watch(self, fileobj: Any, callback: Callback, *, readable: bool, writable: bool) -> None:
+        """Calls callback when fileobj is readable and/or writable; neither: stop watching."""
+        events = selectors.EVENT_READ if readable else 0
+        if writable:
+            events |= selectors.EVENT_WRITE
+        registered = self.is_reading(fileobj)
+        if not events:
+            if registered:
+                self._selector.unregister(fileobj)
+        elif registered:
+            self._selector.modify(fileobj, events, callback)
+        else:
+            self._selector.register(fileobj, events, callback)
+
     def remove_reader(self, fileobj: Any) -> None:
         with contextlib.suppress(KeyError, ValueError):  # removal is idempotent
             self._selector.unregister(fileobj)

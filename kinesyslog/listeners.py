@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kinesyslog import constants
 from kinesyslog._fast.framing import StreamFramer, frame_datagram
+from kinesyslog._fast.proxy import ProxyError
+from kinesyslog._fast.proxy import decode as decode_proxy_header
 from kinesyslog.config import Config, ConfigError
 from kinesyslog.logs import RateLimitedLog
 
 if TYPE_CHECKING:
     from kinesyslog._fast.ring import Ring
     from kinesyslog.eventloop import EventLoop
+    from kinesyslog.tls import TlsContextHolder
 
 log = logging.getLogger("kinesyslog.listener")
 BACKPRESSURE_RETRY = 0.005
@@ -37,11 +42,15 @@ class ListenerCounters:
     udp_dropped_ring_full: int = 0
     connections_opened: int = 0
     connections_open: int = 0
+    connections_refused: int = 0  # over --max-connections
+    tls_handshake_failed: int = 0
+    proxy_rejected: int = 0
+    negotiation_timeout: int = 0
 
 
 @dataclass
 class BoundSocket:
-    transport: str  # "udp" or "tcp"
+    transport: str  # "udp", "tcp" or "tls"
     port: int
     sock: socket.socket
 
@@ -60,6 +69,7 @@ def bind_all(config: Config) -> list[BoundSocket]:
     family = socket.AF_INET6 if ":" in config.address else socket.AF_INET
     wanted = [("udp", port, "--udp-port") for port in config.udp_ports]
     wanted += [("tcp", port, "--tcp-port") for port in config.tcp_ports]
+    wanted += [("tls", port, "--tls-port") for port in config.tls_ports]
     bound: list[BoundSocket] = []
     try:
         for transport, port, option in wanted:
@@ -68,7 +78,7 @@ def bind_all(config: Config) -> list[BoundSocket]:
             bound.append(BoundSocket(transport, port, sock))
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            if transport == "tcp":
+            if transport != "udp":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             else:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_SOCKET_BUFFER)
@@ -76,7 +86,7 @@ def bind_all(config: Config) -> list[BoundSocket]:
                 sock.bind((config.address, port))
             except OSError as error:
                 raise ConfigError(_bind_error(option, config.address, port, error)) from None
-            if transport == "tcp":
+            if transport != "udp":
                 sock.listen(socket.SOMAXCONN)
             sock.setblocking(False)
     except BaseException:
@@ -102,15 +112,17 @@ class Listener:
     """Every socket of the listener process; writes framed messages into the ring."""
 
     def __init__(self, loop: EventLoop, sockets: list[BoundSocket], ring: Ring, config: Config,
-                 counters: ListenerCounters) -> None:
+                 counters: ListenerCounters, tls: TlsContextHolder) -> None:
         self.loop = loop
         self.sockets = sockets
         self.ring = ring
         self.config = config
         self.counters = counters
+        self.tls = tls
+        self.proxy_ports = frozenset(config.proxy_protocol_ports)
         self.kind = constants.KIND_GELF if config.gelf else constants.KIND_SYSLOG
-        self.connections: set[TcpConnection] = set()
-        self.paused: set[TcpConnection] = set()
+        self.connections: set[StreamConnection] = set()
+        self.paused: set[StreamConnection] = set()
         self.recv_buffer = bytearray(constants.TCP_RECV_SIZE)
         self.recv_view = memoryview(self.recv_buffer)
         self.problems = RateLimitedLog(log)
@@ -123,8 +135,9 @@ class Listener:
                 self.loop.add_reader(bound.sock, lambda b=bound: self._on_datagrams(b))
             else:
                 self.loop.add_reader(bound.sock, lambda b=bound: self._on_accept(b))
-            log.info("listening on %s %s port %d", bound.transport.upper(),
-                     self.config.address, bound.port)
+            proxy = " (PROXY protocol)" if bound.port in self.proxy_ports else ""
+            log.info("listening on %s %s port %d%s", bound.transport.upper(),
+                     self.config.address, bound.port, proxy)
 
     def source_of(self, address: tuple) -> bytes:
         source = self._sources.get(address[0])
@@ -177,16 +190,24 @@ class Listener:
                 return
             except OSError as error:
                 # EMFILE and friends: keep the loop alive, the backlog waits for us.
-                self.problems.warning(f"TCP port {bound.port}: accept failed", error.strerror or "")
+                self.problems.warning(f"{bound.transport.upper()} port {bound.port}: accept "
+                                      "failed", error.strerror or "")
                 return
+            if len(self.connections) >= self.config.max_connections:
+                sock.close()
+                self.counters.connections_refused += 1
+                self.problems.warning("connection refused: --max-connections reached",
+                                      f"{self.config.max_connections} connections open")
+                continue
             sock.setblocking(False)
-            connection = TcpConnection(self, sock, self.source_of(address), bound.port)
+            connection = StreamConnection(self, sock, self.source_of(address), bound.port,
+                                          bound.transport, bound.port in self.proxy_ports)
             self.connections.add(connection)
             self.counters.connections_opened += 1
             self.counters.connections_open = len(self.connections)
-            self.loop.add_reader(sock, connection.on_readable)
+            self.loop.add_reader(sock, connection.on_event)
 
-    def pause(self, connection: TcpConnection) -> None:
+    def pause(self, connection: StreamConnection) -> None:
         self.loop.remove_reader(connection.sock)
         self.paused.add(connection)
         if not self._retry_scheduled:
@@ -203,7 +224,7 @@ class Listener:
             self._retry_scheduled = True
             self.loop.call_later(BACKPRESSURE_RETRY, self._retry_paused)
 
-    def forget(self, connection: TcpConnection) -> None:
+    def forget(self, connection: StreamConnection) -> None:
         self.connections.discard(connection)
         self.paused.discard(connection)
         self.counters.connections_open = len(self.connections)
@@ -211,15 +232,28 @@ class Listener:
     # --- shutdown ------------------------------------------------------------------------
     def stop_accepting(self) -> None:
         for bound in self.sockets:
-            if bound.transport == "tcp":
+            if bound.transport != "udp":
                 self.loop.remove_reader(bound.sock)
                 bound.sock.close()
 
     def drain_connections(self, deadline: float) -> None:
-        """Reads what each connection already has, delivers it, and closes it."""
-        for connection in list(self.connections):
-            connection.read_until_empty()
-            connection.end_of_stream()
+        """Reads what each connection's kernel buffer already holds, delivers it, closes it.
+
+        A connection held back by a full ring is read again once its messages are in."""
+        remaining = set(self.connections)
+
+        def step() -> None:
+            for connection in list(remaining):
+                if connection.pending:
+                    continue  # the back-pressure retry writes it first
+                connection.read_until_empty()
+                if not connection.pending:
+                    connection.end_of_stream()
+                    remaining.discard(connection)
+            if remaining:
+                self.loop.call_later(BACKPRESSURE_RETRY, step)
+
+        step()
         self.loop.run_until(lambda: not self.connections, deadline)
         for connection in list(self.connections):
             lost = len(connection.pending) - connection.pending_index
@@ -233,24 +267,49 @@ class Listener:
             bound.sock.close()
 
 
-class TcpConnection:
-    __slots__ = ("closing", "framer", "listener", "pending", "pending_index", "pending_ms", "port",
-                 "sock", "source", "truncated_seen")
+class StreamConnection:
+    """One TCP or TLS connection: [PROXY header] → [TLS] → RFC 6587 framing → ring."""
 
-    def __init__(self, listener: Listener, sock: socket.socket, source: bytes, port: int) -> None:
+    __slots__ = ("closing", "framer", "listener", "negotiation_timer", "outgoing", "pending",
+                 "pending_index", "pending_ms", "port", "proxy_bytes", "sock", "source", "tls",
+                 "tls_handshaking", "tls_incoming", "tls_outgoing", "transport", "truncated_seen")
+
+    def __init__(self, listener: Listener, sock: socket.socket, source: bytes, port: int,
+                 transport: str, expect_proxy: bool) -> None:
         self.listener = listener
         self.sock = sock
         self.source = source
         self.port = port
+        self.transport = transport
         self.framer = StreamFramer(listener.config.max_message_size)
         self.pending: list[bytes] = []
         self.pending_index = 0
         self.pending_ms = 0
         self.closing = False
         self.truncated_seen = 0
+        self.proxy_bytes: bytes | None = b"" if expect_proxy else None
+        self.outgoing = b""  # TLS bytes the socket did not take yet
+        self.tls: ssl.SSLObject | None = None
+        self.tls_handshaking = False
+        if transport == "tls":
+            assert listener.tls.context is not None
+            self.tls_incoming = ssl.MemoryBIO()
+            self.tls_outgoing = ssl.MemoryBIO()
+            self.tls = listener.tls.context.wrap_bio(self.tls_incoming, self.tls_outgoing,
+                                                     server_side=True)
+            self.tls_handshaking = True
+        self.negotiation_timer = None
+        if expect_proxy or self.tls is not None:
+            self.negotiation_timer = listener.loop.call_later(
+                constants.NEGOTIATION_TIMEOUT, self._negotiation_timed_out)
 
-    def on_readable(self) -> None:
+    # --- reading -------------------------------------------------------------------------
+    def on_event(self) -> None:
         if self.sock.fileno() < 0:
+            return
+        if self.outgoing and not self._send_outgoing():
+            return
+        if self.closing or self.pending:
             return
         listener = self.listener
         try:
@@ -262,23 +321,149 @@ class TcpConnection:
         if size == 0:
             self.end_of_stream()
             return
-        self.deliver(self.framer.feed(listener.recv_view[:size]))
+        self.receive(listener.recv_view[:size])
+
+    def receive(self, data: memoryview) -> None:
+        if self.proxy_bytes is not None:
+            remainder = self._receive_proxy_header(data)
+            if remainder is None:
+                return
+            data = remainder
+        if self.tls is not None:
+            self._receive_tls(data)
+        else:
+            self.deliver(self.framer.feed(data))
 
     def read_until_empty(self) -> None:
         """At shutdown: frames what the kernel already received for this connection."""
         for _ in range(1024):
-            if self.closing or self.pending or self.sock.fileno() < 0:
+            if self.closing or self.pending or self.sock.fileno() < 0 or self.negotiating:
                 return
             try:
                 size = self.sock.recv_into(self.listener.recv_buffer)
-            except (BlockingIOError, InterruptedError):
-                return
             except OSError:
                 return
             if size == 0:
                 return
-            self.deliver(self.framer.feed(self.listener.recv_view[:size]))
+            self.receive(self.listener.recv_view[:size])
 
+    @property
+    def negotiating(self) -> bool:
+        return self.proxy_bytes is not None or self.tls_handshaking
+
+    # --- PROXY protocol ------------------------------------------------------------------
+    def _receive_proxy_header(self, data: memoryview) -> memoryview | None:
+        """Collects the header; returns the bytes after it once complete."""
+        assert self.proxy_bytes is not None
+        buffered = self.proxy_bytes + bytes(data)
+        try:
+            header, used = decode_proxy_header(buffered)
+        except ProxyError as error:
+            self._reject("proxy_rejected", "invalid PROXY protocol header", str(error))
+            return None
+        if header is None:
+            self.proxy_bytes = buffered
+            return None
+        self.proxy_bytes = None
+        # LOCAL, UNKNOWN and UNIX-socket sources carry no network address: keep the peer's.
+        if not header.uses_peer and header.family in ("TCP4", "TCP6"):
+            assert header.source_address is not None
+            self.source = header.source_address.encode()[: constants.MAX_SOURCE_LENGTH]
+            if header.destination_port is not None:
+                self.port = header.destination_port
+        self._negotiated()
+        return memoryview(buffered)[used:]
+
+    # --- TLS -----------------------------------------------------------------------------
+    def _receive_tls(self, data: memoryview) -> None:
+        tls = self.tls
+        assert tls is not None
+        self.tls_incoming.write(data)
+        if self.tls_handshaking:
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._send_tls()
+                return
+            except (ssl.SSLError, OSError) as error:
+                self._send_tls()
+                self._reject("tls_handshake_failed", "TLS handshake failed", _tls_reason(error))
+                return
+            self.tls_handshaking = False
+            self._negotiated()
+        messages: list[bytes] = []
+        ended = False
+        while True:
+            try:
+                chunk = tls.read(constants.TCP_RECV_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                ended = True
+                break
+            except (ssl.SSLError, OSError) as error:
+                self.listener.problems.warning("TLS error", f"{self.peer}: {_tls_reason(error)}")
+                ended = True
+                break
+            if not chunk:
+                ended = True
+                break
+            messages.extend(self.framer.feed(chunk))
+        if ended:  # answer the peer's close_notify, as RFC 5425 asks
+            with contextlib.suppress(ssl.SSLError, OSError):
+                tls.unwrap()
+        self._send_tls()
+        self.deliver(messages)
+        if ended:
+            self.end_of_stream()
+
+    def _send_tls(self) -> None:
+        data = self.tls_outgoing.read()
+        if data:
+            self.outgoing += data
+            self._send_outgoing()
+
+    def _send_outgoing(self) -> bool:
+        """Sends queued TLS bytes; True once all are sent (else waits for writability)."""
+        try:
+            sent = self.sock.send(self.outgoing)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.outgoing = b""
+            return True  # the peer is gone; the next read reports it
+        self.outgoing = self.outgoing[sent:]
+        if not self.closing:
+            self.listener.loop.watch(self.sock, self.on_event, readable=not self.pending,
+                                     writable=bool(self.outgoing))
+        return not self.outgoing
+
+    # --- negotiation outcome -------------------------------------------------------------
+    def _negotiated(self) -> None:
+        if not self.negotiating and self.negotiation_timer is not None:
+            self.negotiation_timer.cancel()
+            self.negotiation_timer = None
+
+    def _negotiation_timed_out(self) -> None:
+        self.negotiation_timer = None
+        if self.negotiating and not self.closing:
+            stage = "PROXY header" if self.proxy_bytes is not None else "TLS handshake"
+            self._reject("negotiation_timeout", f"no complete {stage} in time", "")
+
+    def _reject(self, counter: str, what: str, detail: str) -> None:
+        counters = self.listener.counters
+        setattr(counters, counter, getattr(counters, counter) + 1)
+        self.listener.problems.warning(
+            f"{what} on {self.transport.upper()} port {self.port}; connection closed",
+            f"{self.peer}{': ' + detail if detail else ''}")
+        self.closing = True
+        self.close()
+
+    @property
+    def peer(self) -> str:
+        return self.source.decode(errors="replace")
+
+    # --- delivery with back-pressure -----------------------------------------------------
     def deliver(self, messages: list[bytes]) -> None:
         counters = self.listener.counters
         truncated = self.framer.truncated
@@ -319,21 +504,26 @@ class TcpConnection:
         if self.closing:
             self.close()
         else:
-            self.listener.loop.add_reader(self.sock, self.on_readable)
+            self.listener.loop.watch(self.sock, self.on_event, readable=True,
+                                     writable=bool(self.outgoing))
 
+    # --- closing -------------------------------------------------------------------------
     def end_of_stream(self) -> None:
         """The peer closed (or we are shutting down): deliver the unterminated tail, close."""
         if self.closing:
             return
         self.closing = True
         self.listener.loop.remove_reader(self.sock)
+        if self.negotiating:
+            self.close()  # nothing was framed yet
+            return
         tail = self.framer.close()
         dropped = self.framer.incomplete_dropped
         if dropped:
             self.listener.counters.incomplete_dropped += dropped
             self.listener.problems.warning(
                 "incomplete octet-counted message dropped at connection close",
-                f"from {self.source.decode()} port {self.port}")
+                f"from {self.peer} port {self.port}")
         if self.pending:
             self.pending = self.pending[self.pending_index:] + tail
             self.pending_index = 0
@@ -343,6 +533,15 @@ class TcpConnection:
             self.close()
 
     def close(self) -> None:
+        if self.negotiation_timer is not None:
+            self.negotiation_timer.cancel()
+            self.negotiation_timer = None
         self.listener.loop.remove_reader(self.sock)
         self.sock.close()
         self.listener.forget(self)
+
+
+def _tls_reason(error: BaseException) -> str:
+    if isinstance(error, ssl.SSLError):
+        return (error.reason or error.strerror or str(error)).lower().replace("_", " ")
+    return getattr(error, "strerror", None) or str(error)

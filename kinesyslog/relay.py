@@ -26,6 +26,7 @@ from kinesyslog.eventloop import EventLoop
 from kinesyslog.listeners import Listener, ListenerCounters, bind_all
 from kinesyslog.logs import setup_logging
 from kinesyslog.spool import Spool
+from kinesyslog.tls import TlsContextHolder
 
 log = logging.getLogger("kinesyslog")
 CHILD_CHECK_INTERVAL = 0.2
@@ -147,6 +148,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.request_stop)
         self.loop.add_signal_handler(signal.SIGCHLD, self.check_children)
+        self.loop.add_signal_handler(signal.SIGHUP, listener.tls.reload)
         self.loop.call_every(CHILD_CHECK_INTERVAL, self.check_children)
         self.loop.call_every(STATS_INTERVAL, self.log_stats)
         listener.start()
@@ -184,9 +186,12 @@ class Supervisor:
     def log_stats(self) -> None:
         c = self.counters
         log.info("received %d messages (%d bytes), %d truncated, %d UDP dropped (ring full), "
-                 "%d incomplete dropped, %d connections open, ring %d%% full",
+                 "%d incomplete dropped, %d connections open, %d refused (max), "
+                 "%d TLS handshakes failed, %d PROXY headers rejected, %d negotiation "
+                 "timeouts, ring %d%% full",
                  c.messages, c.message_bytes, c.truncated, c.udp_dropped_ring_full,
-                 c.incomplete_dropped, c.connections_open,
+                 c.incomplete_dropped, c.connections_open, c.connections_refused,
+                 c.tls_handshake_failed, c.proxy_rejected, c.negotiation_timeout,
                  100 * self.ring.uncommitted_bytes // self.ring.capacity)
 
     def shutdown(self) -> int:
@@ -268,6 +273,9 @@ def run(config: Config) -> int:
         log.info("removed %d unfinished spool file(s) of an earlier run", removed)
     ring = open_ring(config, spool)
 
+    tls = TlsContextHolder(config)
+    if tls.context is None:
+        log.info("no TLS listener: TLS needs --cert and --key")
     uploader_pid, wake_fd, owner = start_uploader(config)
     try:
         sockets = bind_all(config)
@@ -285,10 +293,13 @@ def run(config: Config) -> int:
             bound.sock.close()
         return worker_main(config, ring, owner, wake_fd, parent_pid)
 
+    # SIGUSR1 (drain) may come before the worker installed its handler: keep it pending.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     worker_pid = fork_child("worker", worker_body, config.debug)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     os.close(wake_fd)
     supervisor = Supervisor(config, ring, uploader_pid, worker_pid)
-    listener = Listener(supervisor.loop, sockets, ring, config, supervisor.counters)
+    listener = Listener(supervisor.loop, sockets, ring, config, supervisor.counters, tls)
     code = supervisor.run(listener)
     ring.close()
     os.close(lock_fd)

@@ -44,6 +44,7 @@ class Worker:
         self.flush_age_ms = int(config.flush_interval * 1000)
         self.spool_full = False
         self.draining = False  # shutting down: take everything, whatever the spool holds
+        self.spooled_bytes = 0
         self.next_spool_check = 0.0
         self.records_written = 0
         self.events_written = 0
@@ -75,13 +76,15 @@ class Worker:
         return time.time() * 1000 - self.buffers.oldest_receive_ms >= self.flush_age_ms
 
     def _spool_has_room(self) -> bool:
+        """Checks the spool against --spool-max-size: the bytes this worker wrote count at
+        once; a directory scan (which also sees the uploader's deletions) once a second."""
         if self.draining:
             return True
         now = time.monotonic()
-        if now < self.next_spool_check:
-            return not self.spool_full
-        self.next_spool_check = now + SPOOL_CHECK_INTERVAL
-        _, spooled = self.spool.usage()
+        if now >= self.next_spool_check:
+            self.next_spool_check = now + SPOOL_CHECK_INTERVAL
+            _, self.spooled_bytes = self.spool.usage()
+        spooled = self.spooled_bytes
         limit = self.config.spool_max_size
         if not self.spool_full and spooled >= limit:
             self.spool_full = True
@@ -104,6 +107,7 @@ class Worker:
                 self.events_written += len(events)
             self.spool.write_records(records)
             self.records_written += len(records)
+            self.spooled_bytes += sum(len(record) for record in records)
         self.ring.commit()
         if groups:
             self._wake_uploader()
@@ -121,12 +125,14 @@ def worker_main(config: Config, ring: Ring, owner: str, wake_fd: int, parent_pid
     # then, or messages the listener already read could not reach the ring.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # TLS reloads are the listener's business
     worker = Worker(config, ring, owner, wake_fd)
 
     def drain(signum: int, frame: object) -> None:
         worker.draining = True
 
     signal.signal(signal.SIGUSR1, drain)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked by the parent
     code = worker.run(parent_pid)
     log.info("worker done: %d events in %d records spooled", worker.events_written,
              worker.records_written)
