@@ -207,3 +207,31 @@ def test_proxy_protocol_sets_stream_and_group(moto_server, pki, tmp_path: Path,
         assert events[message] == (f"/kinesyslog/syslog/{group_port}", source), name
     assert len(events) == len(expected)
     assert int(re.findall(r"(\d+) PROXY headers rejected", relay.log)[-1]) >= 1
+
+
+def test_silent_clients_time_out_and_others_flow(pki, tmp_path: Path) -> None:
+    port, tls_port = free_ports(), free_ports()
+    relay = local_relay(tmp_path, "--address", "127.0.0.1", "--tcp-port", str(port),
+                        "--tls-port", str(tls_port), "--cert", str(pki["server"].cert),
+                        "--key", str(pki["server"].key), "--proxy-protocol", str(port),
+                        "--max-connections", "3").start()
+    try:
+        silent_proxy = socket.create_connection(("127.0.0.1", port), timeout=30)
+        silent_tls = socket.create_connection(("127.0.0.1", tls_port), timeout=30)
+        silent_proxy.sendall(b"PROXY TCP4 192.0.2.1")  # an unfinished header, then silence
+        started = time.monotonic()
+        # The third connection is allowed, a fourth refused, while the silent ones wait.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(pack_v1("TCP4", "192.0.2.50", "192.0.2.1", 1, 514) + b"<13>flowing\n")
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as refused:
+                assert refused.recv(10) == b""
+        for sock in (silent_proxy, silent_tls):
+            assert sock.recv(100) == b""  # closed by the relay after its negotiation timeout
+            sock.close()
+        assert time.monotonic() - started < 25
+    finally:
+        assert relay.stop() == 0, relay.log
+    assert [(s, e["message"]) for _, s, e in output_events(tmp_path / "out")] == [
+        ("192.0.2.50", "<13>flowing")]
+    assert int(re.findall(r"(\d+) negotiation timeouts", relay.log)[-1]) == 2
+    assert int(re.findall(r"(\d+) refused \(max\)", relay.log)[-1]) == 1
