@@ -133,9 +133,6 @@ def validate(config: Config, *, tls_port_explicit: bool) -> Config:
                           "(and --tls-port), or remove --client-ca")
     if config.gelf:
         raise ConfigError("--gelf: GELF input is not available in this version yet; remove --gelf")
-    if prometheus:
-        raise ConfigError("--prometheus-port: the metrics endpoint is not available in this "
-                          "version yet; use --prometheus-port 0")
     if config.role_arn:
         raise ConfigError("--role-arn: role assumption is not available in this version yet; "
                           "use the normal AWS credential chain (--profile, environment)")

@@ -9,7 +9,7 @@ import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kinesyslog import constants
@@ -33,10 +33,19 @@ SOURCE_CACHE_SIZE = 4096
 
 
 @dataclass
-class ListenerCounters:
+class PortCounters:
+    """What one listener (transport and port) received."""
+
+    transport: str
+    port: int
     messages: int = 0
     message_bytes: int = 0
     truncated: int = 0
+
+
+@dataclass
+class ListenerCounters:
+    ports: dict[tuple[str, int], PortCounters] = field(default_factory=dict)
     incomplete_dropped: int = 0
     empty_datagrams: int = 0
     udp_dropped_ring_full: int = 0
@@ -46,6 +55,21 @@ class ListenerCounters:
     tls_handshake_failed: int = 0
     proxy_rejected: int = 0
     negotiation_timeout: int = 0
+
+    def port(self, transport: str, port: int) -> PortCounters:
+        return self.ports.setdefault((transport, port), PortCounters(transport, port))
+
+    @property
+    def messages(self) -> int:
+        return sum(counters.messages for counters in self.ports.values())
+
+    @property
+    def message_bytes(self) -> int:
+        return sum(counters.message_bytes for counters in self.ports.values())
+
+    @property
+    def truncated(self) -> int:
+        return sum(counters.truncated for counters in self.ports.values())
 
 
 @dataclass
@@ -85,7 +109,7 @@ def bind_all(config: Config) -> list[BoundSocket]:
             try:
                 sock.bind((config.address, port))
             except OSError as error:
-                raise ConfigError(_bind_error(option, config.address, port, error)) from None
+                raise ConfigError(bind_error(option, config.address, port, error)) from None
             if transport != "udp":
                 sock.listen(socket.SOMAXCONN)
             sock.setblocking(False)
@@ -96,7 +120,7 @@ def bind_all(config: Config) -> list[BoundSocket]:
     return bound
 
 
-def _bind_error(option: str, address: str, port: int, error: OSError) -> str:
+def bind_error(option: str, address: str, port: int, error: OSError) -> str:
     where = f"{option} {port} on {address}"
     if error.errno == errno.EADDRINUSE:
         return f"{where}: address already in use; stop the other program or choose another port"
@@ -152,6 +176,7 @@ class Listener:
     def _on_datagrams(self, bound: BoundSocket) -> None:
         max_size = self.config.max_message_size
         counters = self.counters
+        stats = counters.port("udp", bound.port)
         for _ in range(UDP_READ_BATCH):
             try:
                 data, address = bound.sock.recvfrom(constants.UDP_RECV_SIZE)
@@ -165,12 +190,12 @@ class Listener:
             if not message:
                 counters.empty_datagrams += 1
                 continue
-            counters.truncated += truncated
+            stats.truncated += truncated
             receive_ms = int(time.time() * 1000)
             if self.ring.write_batch([message], 0, self.source_of(address), bound.port,
                                      self.kind, receive_ms):
-                counters.messages += 1
-                counters.message_bytes += len(message)
+                stats.messages += 1
+                stats.message_bytes += len(message)
             else:
                 counters.udp_dropped_ring_full += 1
                 self.problems.warning("ring full: dropping UDP datagrams",
@@ -271,8 +296,9 @@ class StreamConnection:
     """One TCP or TLS connection: [PROXY header] → [TLS] → RFC 6587 framing → ring."""
 
     __slots__ = ("closing", "framer", "listener", "negotiation_timer", "outgoing", "pending",
-                 "pending_index", "pending_ms", "port", "proxy_bytes", "sock", "source", "tls",
-                 "tls_handshaking", "tls_incoming", "tls_outgoing", "transport", "truncated_seen")
+                 "pending_index", "pending_ms", "port", "proxy_bytes", "sock", "source", "stats",
+                 "tls", "tls_handshaking", "tls_incoming", "tls_outgoing", "transport",
+                 "truncated_seen")
 
     def __init__(self, listener: Listener, sock: socket.socket, source: bytes, port: int,
                  transport: str, expect_proxy: bool) -> None:
@@ -281,6 +307,7 @@ class StreamConnection:
         self.source = source
         self.port = port
         self.transport = transport
+        self.stats = listener.counters.port(transport, port)  # the listener's port, not PROXY's
         self.framer = StreamFramer(listener.config.max_message_size)
         self.pending: list[bytes] = []
         self.pending_index = 0
@@ -465,10 +492,9 @@ class StreamConnection:
 
     # --- delivery with back-pressure -----------------------------------------------------
     def deliver(self, messages: list[bytes]) -> None:
-        counters = self.listener.counters
         truncated = self.framer.truncated
         if truncated != self.truncated_seen:
-            counters.truncated += truncated - self.truncated_seen
+            self.stats.truncated += truncated - self.truncated_seen
             self.truncated_seen = truncated
         if not messages:
             return
@@ -481,9 +507,9 @@ class StreamConnection:
             self.listener.pause(self)
 
     def _count(self, messages: list[bytes], start: int, end: int) -> None:
-        counters = self.listener.counters
-        counters.messages += end - start
-        counters.message_bytes += sum(len(m) for m in messages[start:end])
+        stats = self.stats
+        stats.messages += end - start
+        stats.message_bytes += sum(len(m) for m in messages[start:end])
 
     def flush_pending(self) -> bool:
         """Writes held-back messages; True once none is left."""

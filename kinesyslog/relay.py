@@ -13,17 +13,20 @@ import fcntl
 import logging
 import os
 import select
+import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kinesyslog import constants
 from kinesyslog._fast.ring import Ring, RingError
 from kinesyslog.config import Config, ConfigError
 from kinesyslog.eventloop import EventLoop
-from kinesyslog.listeners import Listener, ListenerCounters, bind_all
+from kinesyslog.listeners import Listener, ListenerCounters, bind_all, bind_error
 from kinesyslog.logs import setup_logging
 from kinesyslog.spool import Spool
 from kinesyslog.tls import TlsContextHolder
@@ -31,6 +34,8 @@ from kinesyslog.tls import TlsContextHolder
 log = logging.getLogger("kinesyslog")
 CHILD_CHECK_INTERVAL = 0.2
 STATS_INTERVAL = 60.0
+METRICS_INTERVAL = 1.0
+METRICS_DIR_NAME = ".metrics"
 WORKER_FLUSH_GRACE = 30.0  # after --shutdown-timeout, for the final flush of a busy worker
 UPLOADER_EXIT_GRACE = 10.0
 
@@ -133,7 +138,13 @@ class Supervisor:
     """The listener process: owns the sockets and watches the two children."""
 
     def __init__(self, config: Config, ring: Ring, uploader_pid: int, worker_pid: int) -> None:
+        from kinesyslog.metrics import DeltaPublisher
+
         self.config = config
+        self.publisher = DeltaPublisher()
+        self.spool = Spool(config.spool_dir)
+        self._spool_checked = (0.0, 0)
+        self._spool_lock = threading.Lock()
         self.ring = ring
         self.children = {worker_pid: "worker", uploader_pid: "uploader"}
         self.worker_pid = worker_pid
@@ -151,6 +162,7 @@ class Supervisor:
         self.loop.add_signal_handler(signal.SIGHUP, listener.tls.reload)
         self.loop.call_every(CHILD_CHECK_INTERVAL, self.check_children)
         self.loop.call_every(STATS_INTERVAL, self.log_stats)
+        self.loop.call_every(METRICS_INTERVAL, self.publish_metrics)
         listener.start()
         log.info("kinesyslog ready: %d listener(s)", len(listener.sockets))
         self.loop.run()
@@ -178,10 +190,57 @@ class Supervisor:
                 done, status = pid, 0
             if done:
                 del self.children[pid]
+                self.forget_metrics(pid)
                 log.error("the %s process exited unexpectedly (%s); kinesyslog stops so that "
                           "the service manager can restart it", role, describe_status(status))
                 self.exit_code = 1
                 self.request_stop()
+
+    def forget_metrics(self, pid: int) -> None:
+        if self.config.prometheus_ports:
+            from kinesyslog.metrics import mark_process_dead
+
+            mark_process_dead(pid)
+
+    def publish_metrics(self) -> None:
+        from kinesyslog import metrics
+
+        add = self.publisher.add
+        counters = self.counters
+        message_format = self.config.message_format
+        for stats in list(counters.ports.values()):
+            port = str(stats.port)
+            add(metrics.MESSAGE_COUNT, stats.messages, stats.transport, port, message_format)
+            add(metrics.MESSAGE_BYTES, stats.message_bytes, stats.transport, port,
+                message_format)
+            add(metrics.MESSAGES_TRUNCATED, stats.truncated, stats.transport, port)
+        add(metrics.MESSAGES_DROPPED, counters.udp_dropped_ring_full, "ring_full")
+        add(metrics.MESSAGES_DROPPED, counters.incomplete_dropped, "incomplete_frame")
+        add(metrics.MESSAGES_DROPPED, counters.empty_datagrams, "empty_datagram")
+        add(metrics.CONNECTIONS_REJECTED, counters.connections_refused, "max_connections")
+        add(metrics.CONNECTIONS_REJECTED, counters.tls_handshake_failed, "tls_handshake")
+        add(metrics.CONNECTIONS_REJECTED, counters.proxy_rejected, "proxy_header")
+        add(metrics.CONNECTIONS_REJECTED, counters.negotiation_timeout, "negotiation_timeout")
+        metrics.CONNECTIONS_OPEN.set(counters.connections_open)
+        metrics.LISTENER_COUNT.set(len(self.listener.sockets))
+        metrics.RING_FILL.set(self.ring.uncommitted_bytes / self.ring.capacity)
+
+    def health(self) -> str | None:
+        """None when healthy, else the reason (called from the metrics server's threads)."""
+        if self.stopping:
+            return "shutting down"
+        for role in ("worker", "uploader"):
+            if role not in self.children.values():
+                return f"the {role} process is not running"
+        with self._spool_lock:
+            checked, spooled = self._spool_checked
+            if time.monotonic() - checked > 1.0:
+                spooled = self.spool.usage()[1]
+                self._spool_checked = (time.monotonic(), spooled)
+        if spooled >= self.config.spool_max_size:
+            return (f"the spool holds {spooled} bytes, over --spool-max-size "
+                    f"{self.config.spool_max_size}: Firehose uploads are not keeping up")
+        return None
 
     def log_stats(self) -> None:
         c = self.counters
@@ -216,6 +275,7 @@ class Supervisor:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 del self.children[pid]
+                self.forget_metrics(pid)
                 if status != 0:
                     log.error("the %s process ended with %s", role, describe_status(status))
                     self.exit_code = self.exit_code or 1
@@ -263,11 +323,39 @@ def start_uploader(config: Config) -> tuple[int, int, str]:
     return pid, wake_write, detail
 
 
+def prepare_metrics(config: Config) -> None:
+    """Switches prometheus_client to multiprocess mode (before anything imports it)."""
+    if config.prometheus_ports:
+        directory = config.spool_dir / METRICS_DIR_NAME
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(mode=0o750)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
+def serve_metrics(config: Config, health: Callable[[], str | None]) -> list[Any]:
+    from kinesyslog.metrics import bind_server
+
+    servers: list[Any] = []
+    try:
+        for port in config.prometheus_ports:
+            servers.append(bind_server(config.address, port, health))
+            log.info("metrics and health on http://%s:%d/metrics and /healthz",
+                     config.address, port)
+    except OSError as error:
+        for server in servers:
+            server.server_close()
+        raise ConfigError(bind_error("--prometheus-port", config.address, port, error)) from None
+    return servers
+
+
 def run(config: Config) -> int:
     setup_logging(config.debug)
     set_title("kinesyslog: listener")
     spool = Spool(config.spool_dir)
     lock_fd = lock_spool(config.spool_dir)
+    prepare_metrics(config)
+    from kinesyslog.metrics import start_serving
+    from kinesyslog.worker import worker_main
     removed = spool.remove_stale_temp_files()
     if removed:
         log.info("removed %d unfinished spool file(s) of an earlier run", removed)
@@ -277,8 +365,19 @@ def run(config: Config) -> int:
     if tls.context is None:
         log.info("no TLS listener: TLS needs --cert and --key")
     uploader_pid, wake_fd, owner = start_uploader(config)
+    supervisors: list[Supervisor] = []  # health answers "starting" until there is one
+
+    def health() -> str | None:
+        return supervisors[0].health() if supervisors else "starting"
+
     try:
         sockets = bind_all(config)
+        try:
+            servers = serve_metrics(config, health)
+        except ConfigError:
+            for bound in sockets:
+                bound.sock.close()
+            raise
     except ConfigError:
         os.kill(uploader_pid, signal.SIGKILL)
         os.waitpid(uploader_pid, 0)
@@ -287,10 +386,10 @@ def run(config: Config) -> int:
     parent_pid = os.getpid()
 
     def worker_body() -> int:
-        from kinesyslog.worker import worker_main
-
         for bound in sockets:
             bound.sock.close()
+        for server in servers:
+            server.socket.close()
         return worker_main(config, ring, owner, wake_fd, parent_pid)
 
     # SIGUSR1 (drain) may come before the worker installed its handler: keep it pending.
@@ -300,7 +399,13 @@ def run(config: Config) -> int:
     os.close(wake_fd)
     supervisor = Supervisor(config, ring, uploader_pid, worker_pid)
     listener = Listener(supervisor.loop, sockets, ring, config, supervisor.counters, tls)
+    supervisors.append(supervisor)
+    for server in servers:
+        start_serving(server)
     code = supervisor.run(listener)
+    for server in servers:
+        server.shutdown()
+        server.server_close()
     ring.close()
     os.close(lock_fd)
     return code

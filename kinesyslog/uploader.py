@@ -21,6 +21,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
 
+from kinesyslog import metrics
 from kinesyslog.constants import (
     EX_CONFIG,
     FIREHOSE_CONNECT_TIMEOUT,
@@ -42,6 +43,7 @@ from kinesyslog.constants import (
 from kinesyslog.spool import Spool, fsync_directory
 
 log = logging.getLogger("kinesyslog.uploader")
+SPOOL_GAUGE_INTERVAL = 2.0
 
 # Error codes that retrying cannot fix: the data stays spooled, retried at the longest delay.
 _CREDENTIAL_ERRORS = frozenset({
@@ -335,6 +337,10 @@ class Uploader:
         self._failures = 0  # consecutive batches with a failure
         self._not_before = 0.0
         self._last_logged: dict[str, float] = {}
+        # Zero samples, so that alerts on these counters see 0 rather than no data.
+        for counter in (metrics.BATCH_RECORD_FAILED, metrics.RECORDS_DELIVERED,
+                        metrics.RECORDS_QUARANTINED):
+            counter.inc(0)
 
     def step(self) -> float:
         """Sends one batch if one is due; returns seconds until it wants to run again."""
@@ -346,7 +352,11 @@ class Uploader:
         batch = self._take_batch()
         if not batch:
             return UPLOADER_RESCAN_INTERVAL
+        started = time.monotonic()
         results = self.sink.send(batch)
+        metrics.UPLOAD_SECONDS.observe(time.monotonic() - started)
+        metrics.BATCH_RECORDS.observe(len(batch))
+        metrics.BATCH_BYTES.observe(sum(len(data) for _, data in batch))
         self.batches += 1
         failed: list[Path] = []
         codes: list[str] = []
@@ -358,16 +368,34 @@ class Uploader:
             else:
                 failed.append(path)
                 codes.append(code)
+        metrics.RECORDS_DELIVERED.inc(len(batch) - len(failed))
         if not failed:
             self._failures = 0
             return 0.0
         self.failed_attempts += len(failed)
+        metrics.BATCH_RECORD_FAILED.inc(len(failed))
+        for code, count in Counter(codes).items():
+            metrics.UPLOAD_ERRORS.labels(code).inc(count)
         self._retry.extendleft(reversed(failed))
         self._failures += 1
         delay = self._backoff(codes)
         self._not_before = self.clock() + delay
         self._log_failure(len(batch), codes, delay)
         return delay
+
+    def publish_spool_gauges(self) -> None:
+        """kinesyslog_spool_count, _bytes and _age (seconds since the oldest was written)."""
+        count, size = self.spool.usage()
+        pending = self.spool.pending()
+        age = 0.0
+        if pending:
+            try:
+                age = max(0.0, time.time() - pending[0].stat().st_mtime)
+            except FileNotFoundError:
+                age = 0.0  # uploaded meanwhile
+        metrics.SPOOL_COUNT.set(count)
+        metrics.SPOOL_BYTES.set(size)
+        metrics.SPOOL_AGE.set(age)
 
     def remaining(self) -> int:
         """Records still awaiting upload (not counting invalid files that could not be moved)."""
@@ -404,6 +432,7 @@ class Uploader:
 
     def _quarantine(self, path: Path, reason: str) -> None:
         self.quarantined += 1
+        metrics.RECORDS_QUARANTINED.inc()
         try:
             self.spool.quarantine(path, reason)
         except OSError as error:
@@ -584,7 +613,11 @@ def uploader_main(settings: UploaderSettings, status_fd: int, wake_fd: int) -> i
 
 def _run(uploader: Uploader, wake_fd: int, parent: int, signals: _Signals) -> int:
     watched = [wake_fd, signals.read_fd]
+    next_gauges = 0.0
     while True:
+        if time.monotonic() >= next_gauges:
+            uploader.publish_spool_gauges()
+            next_gauges = time.monotonic() + SPOOL_GAUGE_INTERVAL
         if os.getppid() != parent:
             log.error("the relay's main process is gone: the uploader exits, %d record(s) stay "
                       "spooled", uploader.remaining())

@@ -14,7 +14,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from kinesyslog import constants
+from kinesyslog import constants, metrics
 from kinesyslog._fast.events import EventBuffers, IdGenerator, new_id_prefix
 from kinesyslog._fast.syslog import TimestampExtractor
 from kinesyslog.config import Config
@@ -106,6 +106,9 @@ class Worker:
                 records.extend(build_records(self.owner, group, source.decode(), events))
                 self.events_written += len(events)
             self.spool.write_records(records)
+            for record in records:
+                metrics.RECORD_BYTES.observe(len(record))
+            metrics.EVENTS_SPOOLED.inc(sum(len(events) for _, events in groups))
             self.records_written += len(records)
             self.spooled_bytes += sum(len(record) for record in records)
         self.ring.commit()

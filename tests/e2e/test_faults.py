@@ -21,6 +21,7 @@ from tests.e2e.relay_process import (
     send_udp,
     wait_for,
 )
+from tests.e2e.test_metrics import fetch
 from tests.fake_firehose import (
     INTERNAL_ERROR,
     SERVICE_UNAVAILABLE,
@@ -140,9 +141,10 @@ class BlockingSender(threading.Thread):
 def test_spool_full_pauses_tcp_and_drops_udp(fake_firehose: FakeFirehose, tmp_path: Path) -> None:
     fake_firehose.set_policy("PutRecordBatch", lambda number: INTERNAL_ERROR)
     spool = tmp_path / "spool"
-    port = free_ports()
+    port, metrics_port = free_ports(), free_ports()
     relay = Relay(args_for(spool, port, "--spool-max-size", str(1024 * 1024), "--flush-size",
-                           str(1024 * 1024), "--shutdown-timeout", "60"),
+                           str(1024 * 1024), "--shutdown-timeout", "60",
+                           "--prometheus-port", str(metrics_port)),
                   env={"AWS_ENDPOINT_URL": fake_firehose.url}).start()
     sender = BlockingSender(port, 150_000)  # ~125 MB: more than the spool cap and the ring
     try:
@@ -155,6 +157,8 @@ def test_spool_full_pauses_tcp_and_drops_udp(fake_firehose: FakeFirehose, tmp_pa
             return sender.sent == before and sender.sent < sender.count
 
         wait_for(stalled, 60, interval=0, message="TCP sender blocked by back-pressure")
+        status, reason = fetch(f"http://127.0.0.1:{metrics_port}/healthz")
+        assert status == 503 and "over --spool-max-size" in reason
         send_udp("127.0.0.1", port, [b"<13>udp while full %d" % i for i in range(50)])
         fake_firehose.set_policy("PutRecordBatch", None)  # Firehose recovers
         sender.join(120)
