@@ -97,6 +97,43 @@ def listen(ctx: click.Context, **options: Any) -> None:
     sys.exit(run(config))
 
 
+@cli.command()
+@click.option("--user", envvar="KINESYSLOG_USER", help="Run the service as this user; "
+              "root if not given.")
+@click.option("--system-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(constants.DEFAULT_SYSTEMD_DIR), show_default=True,
+              help="systemd system unit directory.")
+def install(user: str | None, system_dir: Path) -> None:
+    """Write a systemd unit for this executable and an override listing every setting."""
+    from kinesyslog import systemd
+
+    try:
+        systemd.install(systemd.running_executable(), user, system_dir,
+                        systemd.listen_variables(listen), out=sys.stdout)
+    except systemd.InstallError as error:
+        click.echo(f"kinesyslog: error: {error}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True, metavar="PATH|s3://BUCKET/PREFIX...")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.option("--group", metavar="PREFIX", help="Only events whose log group starts with this.")
+@click.option("--region", help="AWS region for s3:// sources.")
+@click.option("--profile", help="AWS credentials profile for s3:// sources.")
+@click.option("--endpoint-url", help="S3 endpoint URL for s3:// sources.")
+def dump(sources: tuple[str, ...], as_json: bool, group: str | None, region: str | None,
+         profile: str | None, endpoint_url: str | None) -> None:
+    """Print the messages of record files, spool directories or S3 objects."""
+    from kinesyslog import dump as dumping
+
+    def s3_client() -> Any:
+        return dumping.make_s3_client(region=region, profile=profile, endpoint_url=endpoint_url)
+
+    sys.exit(dumping.dump(list(sources), as_json=as_json, group_prefix=group, out=sys.stdout,
+                          err=sys.stderr, s3_client_factory=s3_client))
+
+
 def main() -> None:
     try:
         code = cli.main(prog_name="kinesyslog", standalone_mode=False)

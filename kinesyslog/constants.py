@@ -81,3 +81,41 @@ TIMEZONE_CACHE_SIZE = 4096
 # make the listener buffer before its header is judged.
 PROXY_V1_MAX_LENGTH = 107
 PROXY_V2_MAX_LENGTH = 16 + 4096
+
+# `kinesyslog install`: the systemd unit and where its relay spools.
+SYSTEMD_UNIT_NAME = "kinesyslog.service"
+DEFAULT_SYSTEMD_DIR = "/etc/systemd/system"
+SYSTEM_SPOOL_DIR = "/var/spool/kinesyslog"
+# systemd's TimeoutStopSec is the shutdown timeout plus this: the relay may spend the shutdown
+# timeout uploading, then up to 30 s more (relay.WORKER_FLUSH_GRACE) on a busy worker's flush.
+SYSTEMD_STOP_MARGIN = 60
+SYSTEMD_NOFILE_LIMIT = 65_536  # above DEFAULT_MAX_CONNECTIONS; systemd's default soft limit is 1024
+
+# `kinesyslog dump`: compressed bytes fed to the decompressor at a time, which bounds the
+# copy made of the rest of an object after each gzip member.
+DUMP_CHUNK_SIZE = 64 * 1024
+
+# GELF 1.1 input (SPEC §4 "GELF"). A chunk is magic(2) id(8) sequence(1) count(1) payload.
+GELF_CHUNK_MAGIC = b"\x1e\x0f"
+GELF_CHUNK_HEADER_LENGTH = 12
+GELF_MAX_CHUNKS = 128
+GELF_CHUNK_TIMEOUT = 5.0  # seconds after its first chunk that an incomplete message is dropped
+# A reassembled (possibly compressed) payload may reach 2 * --max-message-size: deflate never
+# expands data by more than a few bytes per 16 KiB, so a payload above that would be cut
+# anyway, and the margin keeps slightly oversized messages deliverable (truncated). It is at
+# least 128 chunks of 8192 bytes, the largest message standard GELF clients send (their LAN
+# chunk size is 8154), so no standard client's message is ever refused for its size.
+GELF_STANDARD_CHUNK_SIZE = 8192
+# Pending chunks are bounded in bytes and in messages; beyond either, the oldest pending
+# messages are evicted. A message completes within milliseconds of its first chunk unless a
+# chunk was lost, so what stays pending is mostly lost messages waiting out their 5 s: evicting
+# the oldest costs nothing in practice. 32 MiB holds 4096 pending 8 KiB chunks, or 17 messages
+# of the largest size (2 * 900 KiB); 8192 messages absorb 1600 incomplete messages a second
+# for the whole timeout while keeping a flood of tiny never-completing ids under ~10 MiB.
+GELF_MAX_PENDING_BYTES = 32 * 1024 * 1024
+GELF_MAX_PENDING_MESSAGES = 8192
+# GELF timestamps after the last millisecond of year 9999 are absurd: the receive time is used.
+GELF_MAX_TIMESTAMP_MS = 253_402_300_799_999
+# JSON nesting accepted by the structural check (GELF documents are flat; Python's json
+# gives up near 1000 levels).
+GELF_MAX_JSON_DEPTH = 512

@@ -35,6 +35,7 @@ log = logging.getLogger("kinesyslog")
 CHILD_CHECK_INTERVAL = 0.2
 STATS_INTERVAL = 60.0
 METRICS_INTERVAL = 1.0
+STATUS_INTERVAL = 10.0
 METRICS_DIR_NAME = ".metrics"
 WORKER_FLUSH_GRACE = 30.0  # after --shutdown-timeout, for the final flush of a busy worker
 UPLOADER_EXIT_GRACE = 10.0
@@ -139,8 +140,11 @@ class Supervisor:
 
     def __init__(self, config: Config, ring: Ring, uploader_pid: int, worker_pid: int) -> None:
         from kinesyslog.metrics import DeltaPublisher
+        from kinesyslog.systemd import Notifier
 
         self.config = config
+        self.notifier = Notifier()
+        self.status_seen = (time.monotonic(), 0)
         self.publisher = DeltaPublisher()
         self.spool = Spool(config.spool_dir)
         self._spool_checked = (0.0, 0)
@@ -163,8 +167,11 @@ class Supervisor:
         self.loop.call_every(CHILD_CHECK_INTERVAL, self.check_children)
         self.loop.call_every(STATS_INTERVAL, self.log_stats)
         self.loop.call_every(METRICS_INTERVAL, self.publish_metrics)
+        if self.notifier.enabled:
+            self.loop.call_every(STATUS_INTERVAL, self.report_status)
         listener.start()
         log.info("kinesyslog ready: %d listener(s)", len(listener.sockets))
+        self.notifier.ready()
         self.loop.run()
         return self.shutdown()
 
@@ -174,6 +181,7 @@ class Supervisor:
         if not self.stopping:
             log.info("stopping: no new connections; draining what was received")
             self.stopping = True
+            self.notifier.stopping()
             self.signal_child(self.uploader_pid, signal.SIGTERM)
             self.signal_child(self.worker_pid, signal.SIGUSR1)
             self.loop.stop()
@@ -195,6 +203,16 @@ class Supervisor:
                           "the service manager can restart it", role, describe_status(status))
                 self.exit_code = 1
                 self.request_stop()
+
+    def report_status(self) -> None:
+        """systemctl status shows the current throughput."""
+        now, messages = time.monotonic(), self.counters.messages
+        then, before = self.status_seen
+        self.status_seen = (now, messages)
+        rate = (messages - before) / max(now - then, 1e-9)
+        self.notifier.status(f"{rate:.0f} messages/s, {messages} received, "
+                             f"{self.counters.connections_open} connections, ring "
+                             f"{100 * self.ring.uncommitted_bytes // self.ring.capacity}% full")
 
     def forget_metrics(self, pid: int) -> None:
         if self.config.prometheus_ports:

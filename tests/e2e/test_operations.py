@@ -1,0 +1,48 @@
+"""Operating the real relay: sd_notify under a service manager, and `kinesyslog dump`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.relay_process import Relay, free_ports, kinesyslog_command, send_tcp
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sd_notify_ready_and_stopping_then_dump(tmp_path: Path) -> None:
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(30)
+        port = free_ports()
+        out = tmp_path / "out"
+        relay = Relay(["--output-dir", str(out), "--spool-dir", str(tmp_path / "spool"),
+                       "--address", "127.0.0.1", "--tcp-port", str(port)],
+                      env={"NOTIFY_SOCKET": str(notify_path)}).start()
+        try:
+            assert notify.recv(4096) == b"READY=1"
+            send_tcp("127.0.0.1", port, b"<13>first\n<14>second line\n")
+        finally:
+            assert relay.stop() == 0, relay.log
+        assert notify.recv(4096) == b"STOPPING=1"
+
+    result = subprocess.run([*kinesyslog_command(), "dump", str(out)], capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stdout) == (0, "<13>first\n<14>second line\n")
+    result = subprocess.run([*kinesyslog_command(), "dump", "--json", "--group",
+                             f"/kinesyslog/syslog/{port}", str(out)], capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["logGroup"], e["logStream"], e["message"]) for e in events] == [
+        (f"/kinesyslog/syslog/{port}", "127.0.0.1", "<13>first"),
+        (f"/kinesyslog/syslog/{port}", "127.0.0.1", "<14>second line")]
+    (out / "broken.gz").write_bytes(b"\x1f\x8b\x08 not really")
+    result = subprocess.run([*kinesyslog_command(), "dump", str(out)], capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert "broken.gz" in result.stderr and result.stdout.count("\n") == 2
