@@ -8,7 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kinesyslog._fast.events import EventBuffers, IdGenerator, json_string
+from kinesyslog._fast.gelf import gelf_timestamp
 from kinesyslog._fast.syslog import TimestampExtractor
+from kinesyslog.constants import KIND_GELF
 
 PREFIX = b"987654321098765432109876543210987654"
 
@@ -72,6 +74,7 @@ entries = st.lists(
                     b"<13>1 2024-02-29T10:11:12.345Z host app - - - msg",
                     b"<13>Mar  1 10:11:12 host app: msg",
                     b"<13>2024-02-29T10:11:12+01:00 host tag: msg",
+                    b'{"version": "1.1", "timestamp": 1709201472.5, "short_message": "m"}',
                 ]
             ),
         ),
@@ -92,7 +95,9 @@ def test_event_buffers_match_a_model(batches: list[list[tuple]]) -> None:
             model.setdefault((kind, port, source), []).append(
                 {
                     "id": (PREFIX + b"%020d" % count).decode(),
-                    "timestamp": extractor.extract(message, receive_ms),
+                    "timestamp": gelf_timestamp(message, receive_ms)
+                    if kind == KIND_GELF
+                    else extractor.extract(message, receive_ms),
                     "message": message.decode("utf-8", "backslashreplace"),
                 }
             )

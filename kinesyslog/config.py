@@ -131,8 +131,6 @@ def validate(config: Config, *, tls_port_explicit: bool) -> Config:
     if config.client_ca is not None and not tls:
         raise ConfigError("--client-ca: needs a TLS listener; give --cert, --key "
                           "(and --tls-port), or remove --client-ca")
-    if config.gelf:
-        raise ConfigError("--gelf: GELF input is not available in this version yet; remove --gelf")
     if config.role_arn:
         raise ConfigError("--role-arn: role assumption is not available in this version yet; "
                           "use the normal AWS credential chain (--profile, environment)")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from kinesyslog import constants
 from kinesyslog._fast.framing import StreamFramer, frame_datagram
+from kinesyslog._fast.gelf import ChunkAssembler, GelfStreamFramer, decode_payload, is_json_object
 from kinesyslog._fast.proxy import ProxyError
 from kinesyslog._fast.proxy import decode as decode_proxy_header
 from kinesyslog.config import Config, ConfigError
@@ -55,6 +56,8 @@ class ListenerCounters:
     tls_handshake_failed: int = 0
     proxy_rejected: int = 0
     negotiation_timeout: int = 0
+    gelf_corrupt: int = 0
+    gelf_invalid_json: int = 0
 
     def port(self, transport: str, port: int) -> PortCounters:
         return self.ports.setdefault((transport, port), PortCounters(transport, port))
@@ -145,6 +148,7 @@ class Listener:
         self.tls = tls
         self.proxy_ports = frozenset(config.proxy_protocol_ports)
         self.kind = constants.KIND_GELF if config.gelf else constants.KIND_SYSLOG
+        self.gelf_chunks = ChunkAssembler(config.max_message_size) if config.gelf else None
         self.connections: set[StreamConnection] = set()
         self.paused: set[StreamConnection] = set()
         self.recv_buffer = bytearray(constants.TCP_RECV_SIZE)
@@ -186,10 +190,16 @@ class Listener:
                 self.problems.warning(f"UDP port {bound.port}: receive failed",
                                       error.strerror or "")
                 return
-            message, truncated = frame_datagram(data, max_size)
-            if not message:
-                counters.empty_datagrams += 1
-                continue
+            if self.gelf_chunks is None:
+                message, truncated = frame_datagram(data, max_size)
+                if not message:
+                    counters.empty_datagrams += 1
+                    continue
+            else:
+                decoded = self._gelf_datagram(data)
+                if decoded is None:
+                    continue
+                message, truncated = decoded
             stats.truncated += truncated
             receive_ms = int(time.time() * 1000)
             if self.ring.write_batch([message], 0, self.source_of(address), bound.port,
@@ -200,6 +210,27 @@ class Listener:
                 counters.udp_dropped_ring_full += 1
                 self.problems.warning("ring full: dropping UDP datagrams",
                                       f"{counters.udp_dropped_ring_full} dropped so far")
+
+    def _gelf_datagram(self, data: bytes) -> tuple[bytes, bool] | None:
+        """A whole GELF message (reassembled, decompressed), or None while chunks are missing
+        or when the datagram is unusable (counted)."""
+        assert self.gelf_chunks is not None
+        payload = self.gelf_chunks.feed(data, time.monotonic())
+        if payload is None:
+            return None
+        message, status = decode_payload(payload, self.config.max_message_size)
+        if message is None or not message.strip():
+            self.counters.gelf_corrupt += 1
+            self.problems.warning("GELF datagram with bad compressed data or nothing in it "
+                                  "dropped")
+            return None
+        if not is_json_object(message):
+            self.counters.gelf_invalid_json += 1  # still relayed: nothing is silently lost
+        return message, status == "truncated"
+
+    def expire_gelf_chunks(self) -> None:
+        if self.gelf_chunks is not None:
+            self.gelf_chunks.expire(time.monotonic())
 
     def drain_datagrams(self) -> None:
         for bound in self.sockets:
@@ -308,7 +339,8 @@ class StreamConnection:
         self.port = port
         self.transport = transport
         self.stats = listener.counters.port(transport, port)  # the listener's port, not PROXY's
-        self.framer = StreamFramer(listener.config.max_message_size)
+        framer_class = GelfStreamFramer if listener.config.gelf else StreamFramer
+        self.framer = framer_class(listener.config.max_message_size)
         self.pending: list[bytes] = []
         self.pending_index = 0
         self.pending_ms = 0
@@ -498,6 +530,9 @@ class StreamConnection:
             self.truncated_seen = truncated
         if not messages:
             return
+        if self.listener.config.gelf:  # invalid JSON is relayed all the same, and counted
+            self.listener.counters.gelf_invalid_json += sum(
+                1 for message in messages if not is_json_object(message))
         receive_ms = int(time.time() * 1000)
         written = self.listener.ring.write_batch(messages, 0, self.source, self.port,
                                                  self.listener.kind, receive_ms)

@@ -63,6 +63,10 @@ RING_FILL = Gauge("kinesyslog_ring_fill_ratio",
                   multiprocess_mode="livemax")
 SPOOL_BYTES = Gauge("kinesyslog_spool_bytes", "Bytes of records awaiting upload",
                     multiprocess_mode="livemax")
+GELF_CHUNKS_DROPPED = Counter("kinesyslog_gelf_chunks_dropped",
+                              "GELF chunks or pending messages discarded", ["reason"])
+GELF_INVALID_JSON = Counter("kinesyslog_gelf_invalid_json",
+                            "GELF messages that are not a JSON object (relayed all the same)")
 EVENTS_SPOOLED = Counter("kinesyslog_events_spooled", "Events written into spooled records")
 UPLOAD_SECONDS = Histogram("kinesyslog_upload_seconds", "PutRecordBatch call duration",
                            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))

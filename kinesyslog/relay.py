@@ -36,6 +36,7 @@ CHILD_CHECK_INTERVAL = 0.2
 STATS_INTERVAL = 60.0
 METRICS_INTERVAL = 1.0
 STATUS_INTERVAL = 10.0
+GELF_EXPIRY_INTERVAL = 0.5
 METRICS_DIR_NAME = ".metrics"
 WORKER_FLUSH_GRACE = 30.0  # after --shutdown-timeout, for the final flush of a busy worker
 UPLOADER_EXIT_GRACE = 10.0
@@ -167,6 +168,7 @@ class Supervisor:
         self.loop.call_every(CHILD_CHECK_INTERVAL, self.check_children)
         self.loop.call_every(STATS_INTERVAL, self.log_stats)
         self.loop.call_every(METRICS_INTERVAL, self.publish_metrics)
+        self.loop.call_every(GELF_EXPIRY_INTERVAL, listener.expire_gelf_chunks)
         if self.notifier.enabled:
             self.loop.call_every(STATUS_INTERVAL, self.report_status)
         listener.start()
@@ -239,6 +241,12 @@ class Supervisor:
         add(metrics.CONNECTIONS_REJECTED, counters.tls_handshake_failed, "tls_handshake")
         add(metrics.CONNECTIONS_REJECTED, counters.proxy_rejected, "proxy_header")
         add(metrics.CONNECTIONS_REJECTED, counters.negotiation_timeout, "negotiation_timeout")
+        add(metrics.MESSAGES_DROPPED, counters.gelf_corrupt, "gelf_corrupt")
+        add(metrics.GELF_INVALID_JSON, counters.gelf_invalid_json)
+        chunks = self.listener.gelf_chunks
+        if chunks is not None:
+            for reason in ("expired", "evicted", "invalid", "duplicates", "empty", "oversized"):
+                add(metrics.GELF_CHUNKS_DROPPED, getattr(chunks, reason), reason)
         metrics.CONNECTIONS_OPEN.set(counters.connections_open)
         metrics.LISTENER_COUNT.set(len(self.listener.sockets))
         metrics.RING_FILL.set(self.ring.uncommitted_bytes / self.ring.capacity)

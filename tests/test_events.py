@@ -9,6 +9,7 @@ import pytest
 
 from kinesyslog._fast.events import EventBuffers, IdGenerator, json_string, new_id_prefix
 from kinesyslog._fast.syslog import TimestampExtractor
+from kinesyslog.constants import KIND_GELF, KIND_SYSLOG
 
 PREFIX = b"123456789012345678901234567890123456"
 
@@ -146,7 +147,7 @@ def test_encoded_events_exact_bytes() -> None:
 def test_events_are_json_dumps_of_the_event() -> None:
     buffers = make_buffers()
     message = "<13>Feb 29 10:11:12 host: é \x01".encode() + b"\xc3"
-    buffers.add_batch([(1, 12201, b"2001:db8::1", 1709294400000, message)])
+    buffers.add_batch([(KIND_SYSLOG, 12201, b"2001:db8::1", 1709294400000, message)])
     [(_, [event])] = buffers.take()
     expected = {
         "id": event_id(0).decode(),
@@ -154,6 +155,27 @@ def test_events_are_json_dumps_of_the_event() -> None:
         "message": message.decode("utf-8", "backslashreplace"),
     }
     assert event == json.dumps(expected, ensure_ascii=False).encode()
+
+
+def test_gelf_entries_take_the_gelf_timestamp() -> None:
+    buffers = make_buffers()
+    gelf = b'{"version": "1.1", "short_message": "<13>Feb 29 10:11:12 x", "timestamp": 1.5}'
+    syslog_like = b"<13>Feb 29 10:11:12 host: m"
+    buffers.add_batch(
+        [
+            (KIND_GELF, 12201, b"a", 1709294400000, gelf),
+            (KIND_GELF, 12201, b"a", 1709294400000, syslog_like),  # not GELF: receive time
+            (KIND_GELF, 12201, b"a", 1709294400000, gelf[:-1]),  # invalid JSON: receive time
+            (KIND_SYSLOG, 514, b"a", 1709294400000, syslog_like),
+            (KIND_SYSLOG, 514, b"a", 1709294400000, gelf),  # syslog without a header
+        ]
+    )
+    taken = buffers.take()
+    timestamps = {key: [json.loads(e)["timestamp"] for e in events] for key, events in taken}
+    assert timestamps == {
+        (KIND_GELF, 12201, b"a"): [1500, 1709294400000, 1709294400000],
+        (KIND_SYSLOG, 514, b"a"): [1709201472000, 1709294400000],
+    }
 
 
 def test_grouping_order_and_totals() -> None:

@@ -25,9 +25,10 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
+from kinesyslog._fast.gelf cimport c_gelf_timestamp
 from kinesyslog._fast.syslog cimport TimestampExtractor
 
-from kinesyslog.constants import EVENT_ID_DIGITS
+from kinesyslog.constants import EVENT_ID_DIGITS, KIND_GELF
 
 cdef enum:
     COUNTER_DIGITS = 20  # digits of the largest 64-bit counter
@@ -38,6 +39,7 @@ cdef enum:
     MIN_SCRATCH = 64 * 1024
 
 assert EVENT_ID_DIGITS == ID_LENGTH
+cdef long GELF = KIND_GELF
 
 cdef const char* HEX = b"0123456789abcdef"
 
@@ -297,7 +299,8 @@ cdef class EventBuffers:
         return events
 
     def add_batch(self, list entries not None) -> None:
-        """Add (kind, port, source, receive_ms, message) tuples."""
+        """Add (kind, port, source, receive_ms, message) tuples. The timestamp of a GELF
+        entry (kind KIND_GELF) is its "timestamp" member, of any other its syslog header's."""
         cdef Py_buffer view
         cdef const unsigned char* data
         cdef Py_ssize_t length, o
@@ -325,7 +328,10 @@ cdef class EventBuffers:
                 length = view.len
             try:
                 self._reserve(EVENT_OVERHEAD + 6 * length + 2)
-                timestamp = self.extractor.c_extract(data, length, receive_ms)
+                if kind == GELF:
+                    timestamp = c_gelf_timestamp(data, length, receive_ms)
+                else:
+                    timestamp = self.extractor.c_extract(data, length, receive_ms)
                 out = self.scratch
                 memcpy(out, b'{"id": "', 8)
                 self.ids.write_next(out + 8)
