@@ -2,8 +2,9 @@
 """Throughput and memory benchmark of the relay, end to end: socket → gzip records on disk.
 
 Each scenario starts a fresh relay (fresh spool and output directories), sends N numbered
-RFC 5424 messages, waits until no record has appeared for a while, stops the relay with
-SIGTERM and only then decodes every record, so loss and duplicates are counted exactly.
+RFC 5424 (or GELF 1.1) messages, waits until no record has appeared for a while, stops the
+relay with SIGTERM and only then decodes every record, so loss and duplicates are counted
+exactly.
 See bench/README.md for the columns. Run by hand: /work/venv/bin/python bench/run.py --help
 """
 
@@ -14,6 +15,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import shlex
 import signal
@@ -35,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from kinesyslog.constants import (  # noqa: E402
     FIREHOSE_MAX_RECORD_BYTES,
+    GELF_CHUNK_MAGIC,
+    GELF_MAX_CHUNKS,
     SPOOL_LEGACY_PREFIX,
     SPOOL_RECORD_PREFIX,
 )
@@ -63,6 +67,9 @@ MB = 1_000_000
 # documentation (RFC 5612). The sequence number in it is how loss is counted.
 SD_ID = "bench@32473"
 SEQ_RE = re.compile(r'\[bench@32473 seq="(\d+)"\]')
+# GELF messages carry it at the start of short_message, zero-padded so all have one length.
+GELF_SEQ_RE = re.compile(r'"short_message":"seq=(\d+) ')
+GELF_SEQ_DIGITS = 7
 HOSTS = [f"{kind}-{i:02d}.example.com" for kind in ("web", "db", "edge") for i in range(4)]
 APPS = [("nginx", "access"), ("sshd", "auth"), ("api", "request"), ("postgres", "query"),
         ("kernel", "-"), ("cron", "job")]
@@ -78,6 +85,7 @@ FILLER = (
     "cache=MISS tls=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256 bytes_in=734 region=eu-west-1 "
     "note=\"connection reused; keepalive 75s; gzip on; request buffered to disk\" "
 )
+GELF_FILLER = FILLER.replace('"', "'")  # nothing to escape in JSON: lengths stay exact
 
 
 # --- scenarios and payloads ----------------------------------------------------------------
@@ -88,7 +96,9 @@ class Scenario:
     transport: str  # "tcp" or "udp"
     connections: int
     framing: str  # "lf", "octet" (RFC 6587) or "datagram"
-    rate: int  # datagrams per second (UDP only)
+    rate: int  # messages per second (UDP only)
+    protocol: str = "syslog"  # or "gelf": the relay gets --gelf
+    chunks: int = 1  # GELF chunks per message; 1 sends it whole
 
 
 def parse_scenario(name: str) -> Scenario:
@@ -98,8 +108,12 @@ def parse_scenario(name: str) -> Scenario:
     udp = re.fullmatch(r"udp-([1-9]\d*)", name)
     if udp:
         return Scenario(name, "udp", 1, "datagram", int(udp[1]))
+    gelf = re.fullmatch(r"gelf([1-9]\d{0,2})?-udp-([1-9]\d*)", name)
+    if gelf and int(gelf[1] or 1) <= GELF_MAX_CHUNKS:
+        return Scenario(name, "udp", 1, "datagram", int(gelf[2]), "gelf", int(gelf[1] or 1))
     raise argparse.ArgumentTypeError(
-        f"unknown scenario {name!r}: use tcp<N>-lf, tcp<N>-octet or udp-<rate>")
+        f"unknown scenario {name!r}: use tcp<N>-lf, tcp<N>-octet, udp-<rate>, gelf-udp-<rate> "
+        f"or gelf<K>-udp-<rate> (K <= {GELF_MAX_CHUNKS} chunks per message)")
 
 
 def make_messages(count: int, size: int, base_second: int) -> list[bytes]:
@@ -126,6 +140,47 @@ def make_messages(count: int, size: int, base_second: int) -> list[bytes]:
             text += filler[start:start + size - len(text)]
         messages.append(text[:size].encode("ascii"))
     return messages
+
+
+def make_gelf_messages(count: int, size: int, base_second: int) -> list[bytes]:
+    """count distinct GELF 1.1 JSON documents of exactly size ASCII bytes, with the sequence
+    numbers and timestamps (in "timestamp", seconds with 3 decimals) of make_messages."""
+    filler = GELF_FILLER * (size // len(GELF_FILLER) + 2)
+    messages = []
+    for seq in range(count):
+        app, _ = APPS[seq % len(APPS)]
+        second = base_second + seq // 1000
+        head = (f'{{"version":"1.1","host":"{HOSTS[seq % len(HOSTS)]}",'
+                f'"level":{PRIS[seq % len(PRIS)] % 8},"timestamp":{second}.{seq % 1000:03d},'
+                f'"_app":"{app}","_pid":{1000 + seq % 977},'
+                f'"short_message":"seq={seq:0{GELF_SEQ_DIGITS}d} ')
+        tail = '"}'
+        if len(head) + len(tail) > size:
+            raise ValueError(f"--size {size} is too small: GELF message {seq} needs "
+                             f"{len(head) + len(tail)} bytes")
+        text = (f"{head}10.{seq % 251}.{seq % 13}.{seq % 199} {METHODS[seq % len(METHODS)]} "
+                f"{PATHS[seq % len(PATHS)]} {STATUSES[seq % len(STATUSES)]} {seq % 65_521} "
+                f"rt={seq % 997 / 1000:.3f} ")
+        start = seq * 7919 % len(GELF_FILLER)
+        text = (text + filler[start:start + size])[:size - len(tail)] + tail
+        messages.append(text.encode("ascii"))
+    return messages
+
+
+def gelf_chunks(messages: list[bytes], count: int) -> list[bytes]:
+    """Each message split into count GELF chunks, in order, one datagram each:
+    magic 0x1e 0x0f, 8-byte message id, sequence number, sequence count, then the part."""
+    salt = random.getrandbits(32) << 32  # ids differ between runs, as real senders' do
+    datagrams = []
+    for seq, message in enumerate(messages):
+        if len(message) < count:
+            raise ValueError(f"a {len(message)}-byte message cannot make {count} chunks")
+        header = GELF_CHUNK_MAGIC + (salt | seq).to_bytes(8, "big")
+        length = len(message)
+        datagrams += (header + bytes((k, count)) + message[length * k // count:
+                                                           length * (k + 1) // count]
+                      for k in range(count))
+    return datagrams
 
 
 def expected_timestamp_ms(seq: int, base_second: int) -> int:
@@ -262,6 +317,8 @@ class Sampler:
             proc = self.procs.get(pid)
             if proc is None or proc.start_ticks != fields[19]:
                 proc = self.procs[pid] = ProcStats(pid, role_of(pid, self.root), fields[19])
+            elif proc.role == "child":  # seen between fork and setting its process title
+                proc.role = role_of(pid, self.root)
             rss = status_kb(status, "VmRSS")
             pss = status_kb(read_proc(f"/proc/{pid}/smaps_rollup") or "", "Pss")
             proc.cpu_seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
@@ -345,8 +402,10 @@ class RelayError(Exception):
 class Relay:
     """One relay process tree, started fresh for one scenario and always stopped by pid."""
 
-    def __init__(self, args: argparse.Namespace, workdir: Path, stub_url: str | None) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: Path, stub_url: str | None,
+                 gelf: bool = False) -> None:
         self.args = args
+        self.gelf = gelf
         self.spool = workdir / "spool"
         self.out = workdir / "out"
         self.spool.mkdir()
@@ -373,6 +432,8 @@ class Relay:
         cmd = [*relay, "listen", "--spool-dir", str(self.spool),
                "--address", "127.0.0.1", "--tcp-port", str(self.tcp_port),
                "--udp-port", str(self.udp_port)]
+        if self.gelf:  # every listener then speaks GELF
+            cmd.append("--gelf")
         if self.args.legacy:  # only options that kinesyslog 2.x knows
             cmd += ["--stream", LEGACY_STREAM, "--tls-port", "0"]
         else:
@@ -533,26 +594,30 @@ def send_tcp(port: int, payloads: list[bytes], counts: list[int]) -> SendResult:
     return SendResult(started, seconds, sent, errors)
 
 
-def send_udp(port: int, messages: list[bytes], rate: int) -> SendResult:
-    """One datagram per message at rate per second, paced in small bursts."""
-    burst = max(1, rate // UDP_BURSTS_PER_SECOND)
+def send_udp(port: int, datagrams: list[bytes], rate: int, per_message: int = 1) -> SendResult:
+    """Each message's per_message consecutive datagrams (1, or its GELF chunks) at rate
+    messages per second, paced in small bursts. Counts the messages whose every datagram
+    was sent."""
+    burst = max(1, rate // UDP_BURSTS_PER_SECOND) * per_message
+    datagram_rate = rate * per_message
     errors: dict[str, int] = {}
-    sent = 0
+    failed: set[int] = set()  # messages with a datagram that was not sent
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect(("127.0.0.1", port))
         send = sock.send
         started, clock = time.time(), time.monotonic()
-        for first in range(0, len(messages), burst):
-            delay = clock + first / rate - time.monotonic()
+        for first in range(0, len(datagrams), burst):
+            delay = clock + first / datagram_rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            for message in messages[first:first + burst]:
+            for index in range(first, min(first + burst, len(datagrams))):
                 try:
-                    send(message)
-                    sent += 1
+                    send(datagrams[index])
                 except OSError as error:  # ECONNREFUSED, ENOBUFS
                     errors[repr(error)] = errors.get(repr(error), 0) + 1
+                    failed.add(index // per_message)
         seconds = time.monotonic() - clock
+    sent = len(datagrams) // per_message - len(failed)
     return SendResult(started, seconds, sent, [f"{n} x {e}" for e, n in errors.items()])
 
 
@@ -601,13 +666,18 @@ class Tally:
     record_bytes: int = 0
     max_record_bytes: int = 0
     oversize_records: int = 0
+    wrong_group: int = 0  # records whose logGroup is not .../<syslog|gelf>/<port>
     bad_files: list[str] = field(default_factory=list)
     newest_mtime: float = 0.0
     t95_mtime: float | None = None
 
 
-def decode(relay: Relay, messages: list[bytes], connections: int, base_second: int) -> Tally:
+def decode(relay: Relay, scenario: Scenario, messages: list[bytes], base_second: int) -> Tally:
     tally = Tally()
+    connections = scenario.connections
+    seq_re = GELF_SEQ_RE if scenario.protocol == "gelf" else SEQ_RE
+    port = relay.tcp_port if scenario.transport == "tcp" else relay.udp_port
+    group_suffix = f"/{scenario.protocol}/{port}"
     count = len(messages)
     per_connection = math.ceil(count / connections)
     seen = bytearray(count)
@@ -624,10 +694,14 @@ def decode(relay: Relay, messages: list[bytes], connections: int, base_second: i
                 tally.max_record_bytes = max(tally.max_record_bytes, size)
                 tally.oversize_records += size > FIREHOSE_MAX_RECORD_BYTES
                 last: dict[int, int] = {}
-                for event in json.loads(member)["logEvents"]:
+                document = json.loads(member)
+                # kinesyslog 2.x's group names are not part of what --legacy checks
+                tally.wrong_group += not (relay.args.legacy
+                                          or document["logGroup"].endswith(group_suffix))
+                for event in document["logEvents"]:
                     tally.events += 1
                     message = event["message"]
-                    match = SEQ_RE.search(message)
+                    match = seq_re.search(message)
                     seq = int(match[1]) if match else -1
                     if not 0 <= seq < count:
                         tally.foreign += 1
@@ -661,15 +735,21 @@ def decode(relay: Relay, messages: list[bytes], connections: int, base_second: i
 def run_scenario(args: argparse.Namespace, scenario: Scenario, messages: list[bytes],
                  base_second: int, stub_url: str | None) -> dict[str, Any]:
     count = len(messages)
-    result: dict[str, Any] = {"scenario": scenario.name, "messages": count, "size": args.size}
+    result: dict[str, Any] = {"scenario": scenario.name, "transport": scenario.transport,
+                              "protocol": scenario.protocol, "messages": count,
+                              "size": args.size}
     parts = split_evenly(count, scenario.connections)
     payloads = []
     if scenario.transport == "tcp":
         payloads = [frame(messages[part.start:part.stop], scenario.framing) for part in parts]
         result["payload_bytes"] = sum(map(len, payloads))
+    datagrams = messages
+    if scenario.chunks > 1:
+        datagrams = gelf_chunks(messages, scenario.chunks)
+        result.update(chunks_per_message=scenario.chunks, datagrams=len(datagrams))
     workdir = Path(tempfile.mkdtemp(prefix=f"kinesyslog-bench-{scenario.name}-",
                                     dir=args.tmp_dir))
-    relay = Relay(args, workdir, stub_url)
+    relay = Relay(args, workdir, stub_url, gelf=scenario.protocol == "gelf")
     result.update(relay_command=relay.command(), workdir=str(workdir))
     try:
         try:
@@ -679,7 +759,7 @@ def run_scenario(args: argparse.Namespace, scenario: Scenario, messages: list[by
             if scenario.transport == "tcp":
                 sent = send_tcp(relay.tcp_port, payloads, [len(part) for part in parts])
             else:
-                sent = send_udp(relay.udp_port, messages, scenario.rate)
+                sent = send_udp(relay.udp_port, datagrams, scenario.rate, scenario.chunks)
             result["files_seen"], result["quiet"] = wait_quiet(relay, args.quiet, deadline)
             relay.final_sample()
         finally:
@@ -698,7 +778,7 @@ def run_scenario(args: argparse.Namespace, scenario: Scenario, messages: list[by
     )
     if relay.sampler:
         add_process_stats(result, relay.sampler)
-    tally = decode(relay, messages, scenario.connections, base_second)
+    tally = decode(relay, scenario, messages, base_second)
     result.update(records_summary(tally, count, args.size, sent.started))
     if not args.keep and not problems(result):
         remove_tree(workdir)
@@ -736,6 +816,7 @@ def records_summary(tally: Tally, count: int, size: int, started: float) -> dict
         "record_bytes": tally.record_bytes,
         "max_record_bytes": tally.max_record_bytes,
         "oversize_records": tally.oversize_records,
+        "wrong_group": tally.wrong_group,
         "bad_files": tally.bad_files,
         "elapsed_seconds": round(elapsed, 3) if elapsed else None,
         "t95_seconds": round(tally.t95_mtime - started, 3) if tally.t95_mtime else None,
@@ -764,7 +845,7 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 
 COLUMNS: list[tuple[str, int, Callable[[dict[str, Any]], str]]] = [
-    ("scenario", 12, lambda r: r["scenario"]),
+    ("scenario", 15, lambda r: r["scenario"]),
     ("sent", 9, lambda r: _fmt(r.get("sent"))),
     ("lost", 7, lambda r: _fmt(r.get("lost"))),
     ("dup", 5, lambda r: _fmt(r.get("duplicates"))),
@@ -796,7 +877,8 @@ def table_row(cells: list[str]) -> str:
 
 def problems(result: dict[str, Any]) -> list[str]:
     notes = [f"{key}={result[key]}" for key in ("foreign", "corrupt", "bad_timestamps",
-                                                 "misordered", "oversize_records")
+                                                 "misordered", "oversize_records",
+                                                 "wrong_group")
              if result.get(key)]
     notes += result.get("bad_files", []) + result.get("send_errors", [])
     if result.get("quiet") is False:
@@ -809,11 +891,12 @@ def problems(result: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", action="append", type=parse_scenario,
-                        help=f"tcp<N>-lf, tcp<N>-octet or udp-<rate>; repeatable "
+                        help=f"tcp<N>-lf, tcp<N>-octet, udp-<rate>, gelf-udp-<rate> or "
+                             f"gelf<K>-udp-<rate> (K chunks per message); repeatable "
                              f"(default: {' '.join(DEFAULT_SCENARIOS)})")
     parser.add_argument("--messages", type=int, default=1_000_000, help="messages per scenario")
     parser.add_argument("--size", type=int, default=200,
-                        help="bytes per message (about 100 at least)")
+                        help="bytes per message (about 100 at least, 150 for GELF)")
     parser.add_argument("--flush-interval", type=float, default=1.0,
                         help="passed to the relay; the default quiet period is twice this")
     parser.add_argument("--flush-size", type=int, help="passed to the relay")
@@ -844,8 +927,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--messages must be at least 1")
 
     base_second = int(time.time()) - args.messages // 1000 - 3600
+    makers = {"syslog": make_messages, "gelf": make_gelf_messages}
     try:
-        messages = make_messages(args.messages, args.size, base_second)
+        messages = {protocol: makers[protocol](args.messages, args.size, base_second)
+                    for protocol in sorted({scenario.protocol for scenario in scenarios})}
     except ValueError as error:
         parser.error(str(error))
 
@@ -870,9 +955,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for scenario in scenarios:
             try:
-                result = run_scenario(args, scenario, messages, base_second, stub_url)
+                result = run_scenario(args, scenario, messages[scenario.protocol],
+                                      base_second, stub_url)
             except (RelayError, OSError, ValueError) as error:  # before the relay started
-                result = {"scenario": scenario.name, "error": str(error)}
+                result = {"scenario": scenario.name, "transport": scenario.transport,
+                          "error": str(error)}
             report["results"].append(result)
             results_path.write_text(json.dumps(report, indent=2) + "\n")
             print(table_row([column(result) for _, _, column in COLUMNS]), flush=True)
@@ -888,7 +975,7 @@ def main(argv: list[str] | None = None) -> int:
             stub.shutdown()
     print(f"results: {results_path}")
     failed = any(r.get("error") or r.get("lost") or r.get("bad_files") for r in report["results"]
-                 if not r["scenario"].startswith("udp"))
+                 if r["transport"] == "tcp")
     return 1 if failed else 0
 
 
