@@ -26,7 +26,7 @@ GZIP_LEVEL = 1  # ISA-L level 1: about zlib level 6's ratio at ten times its spe
 # The ring between listener and worker. It must hold a whole flush of uncommitted
 # events plus room to keep receiving while the worker spools them.
 RING_FILE_NAME = "ring.mmap"
-RING_MIN_CAPACITY = 32 * 1024 * 1024
+RING_MIN_CAPACITY = 16 * 1024 * 1024
 RING_FLUSH_MULTIPLE = 4
 
 # Spool.

@@ -102,6 +102,8 @@ def verify_ring(path: Path) -> int:
 
 def open_ring(config: Config, spool: Spool) -> Ring:
     """The ring, replaying what an earlier run left; a damaged one is moved to corrupt/."""
+    for leftover in config.spool_dir.glob(f"{constants.RING_FILE_NAME}.*.tmp"):
+        leftover.unlink()  # a ring whose creation a crash interrupted; it held nothing yet
     ring = None
     try:
         ring = Ring(str(config.ring_path), config.ring_capacity)
