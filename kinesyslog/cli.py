@@ -51,7 +51,9 @@ def cli() -> None:
         default=Path(tempfile.gettempdir()), help="Spool directory for records awaiting upload.")
 @option("region", help="AWS region; overrides the profile and environment.")
 @option("profile", help="AWS credentials profile.")
-@option("role-arn", help="Assume this IAM role for Firehose calls.")
+@option("role-arn", help="Assume this IAM role (STS, refreshed before expiry) for AWS calls.")
+@option("role-session-name", help="Session name for --role-arn; kinesyslog-HOSTNAME by default.")
+@option("external-id", help="External id for --role-arn, if the role's trust policy wants one.")
 @option("gelf", is_flag=True, help="Listeners speak GELF instead of syslog.")
 @option("group-prefix", default=constants.DEFAULT_GROUP_PREFIX, help="Log group prefix.")
 @option("prometheus-port", default=(), help="Metrics and health port; 0 to disable. "

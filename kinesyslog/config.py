@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tempfile
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 
 from kinesyslog import constants
+
+ROLE_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 
 
 class ConfigError(Exception):
@@ -31,6 +34,8 @@ class Config:
     region: str | None = None
     profile: str | None = None
     role_arn: str | None = None
+    role_session_name: str | None = None
+    external_id: str | None = None
     gelf: bool = False
     group_prefix: str = constants.DEFAULT_GROUP_PREFIX
     prometheus_ports: tuple[int, ...] = ()
@@ -131,9 +136,14 @@ def validate(config: Config, *, tls_port_explicit: bool) -> Config:
     if config.client_ca is not None and not tls:
         raise ConfigError("--client-ca: needs a TLS listener; give --cert, --key "
                           "(and --tls-port), or remove --client-ca")
-    if config.role_arn:
-        raise ConfigError("--role-arn: role assumption is not available in this version yet; "
-                          "use the normal AWS credential chain (--profile, environment)")
+    if config.role_arn is not None and not ROLE_ARN.match(config.role_arn):
+        raise ConfigError(f"--role-arn {config.role_arn!r}: not an IAM role ARN; use "
+                          "arn:aws:iam::ACCOUNT:role/NAME")
+    if (config.role_session_name or config.external_id) and not config.role_arn:
+        raise ConfigError("--role-session-name/--external-id: only used with --role-arn; "
+                          "give --role-arn or remove them")
+    if config.role_arn and config.output_dir is not None:
+        raise ConfigError("--role-arn: --output-dir makes no AWS call; remove one of them")
 
     if not (udp or tcp or tls):
         raise ConfigError("no listener: give at least one of --udp-port, --tcp-port "

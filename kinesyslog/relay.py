@@ -332,7 +332,8 @@ def start_uploader(config: Config) -> tuple[int, int, str]:
     settings = UploaderSettings(
         spool_dir=config.spool_dir, output_dir=config.output_dir, stream=config.stream,
         region=config.region, profile=config.profile, endpoint_url=config.endpoint_url,
-        shutdown_timeout=config.shutdown_timeout,
+        shutdown_timeout=config.shutdown_timeout, role_arn=config.role_arn,
+        role_session_name=config.role_session_name, external_id=config.external_id,
     )
     status_read, status_write = os.pipe()
     wake_read, wake_write = os.pipe()

@@ -67,6 +67,9 @@ class UploaderSettings:
     profile: str | None
     endpoint_url: str | None
     shutdown_timeout: float
+    role_arn: str | None = None
+    role_session_name: str | None = None
+    external_id: str | None = None
 
 
 class StreamCheckError(Exception):
@@ -88,7 +91,36 @@ def _session(settings: UploaderSettings) -> Any:
     if not session.region_name:
         raise StreamCheckError("no AWS region is configured: pass --region or set "
                                "AWS_DEFAULT_REGION (or give the --profile a region)")
+    if settings.role_arn:
+        return _assumed_role_session(session, settings)
     return session
+
+
+def _assumed_role_session(source: Any, settings: UploaderSettings) -> Any:
+    """A session whose credentials come from sts:AssumeRole with the source session's
+    credentials, fetched on first use and refreshed by botocore before they expire."""
+    import socket
+
+    import boto3
+    import botocore.session
+    from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
+
+    source_credentials = source.get_credentials()
+    if source_credentials is None:
+        raise StreamCheckError(f"--role-arn {settings.role_arn}: no AWS credentials to assume "
+                               "it with; configure the instance role, --profile or the "
+                               "AWS_* variables")
+    extra_args = {"RoleSessionName": settings.role_session_name
+                  or f"kinesyslog-{socket.gethostname()}"[:64]}
+    if settings.external_id:
+        extra_args["ExternalId"] = settings.external_id
+    fetcher = AssumeRoleCredentialFetcher(
+        client_creator=source._session.create_client, source_credentials=source_credentials,
+        role_arn=settings.role_arn, extra_args=extra_args)
+    assumed = botocore.session.Session()
+    assumed._credentials = DeferredRefreshableCredentials(
+        method="assume-role", refresh_using=fetcher.fetch_credentials)
+    return boto3.Session(botocore_session=assumed, region_name=source.region_name)
 
 
 def _client(session: Any, service: str, settings: UploaderSettings, connect_timeout: float,

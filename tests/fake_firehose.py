@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
+import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Union
+from urllib.parse import parse_qs
 
 MAX_BATCH_RECORDS = 500
 MAX_RECORD_BYTES = 1000 * 1024
@@ -117,6 +120,8 @@ class FakeFirehose:
         self._arrived = threading.Condition(self._lock)
         self._records: list[StoredRecord] = []
         self._calls: list[Call] = []
+        self.access_keys: list[tuple[str, str]] = []  # (operation, access key id) of each call
+        self.assumed_roles: list[dict[str, str]] = []  # AssumeRole parameters
         self._programmes: dict[str, _Programme] = defaultdict(_Programme)
         self._release = threading.Event()
         self._stopped = False
@@ -240,10 +245,16 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         target = self.headers.get("X-Amz-Target", "")
+        credential = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
+        operation = target.partition(".")[2] or parse_qs(body.decode()).get("Action", [""])[0]
+        with self.fake._lock:
+            self.fake.access_keys.append((operation, credential.group(1) if credential else ""))
         if target.startswith("Firehose_20150804."):
             self._firehose(target.partition(".")[2], body)
         elif b"Action=GetCallerIdentity" in body:
             self._get_caller_identity()
+        elif b"Action=AssumeRole" in body:
+            self._assume_role({k: v[0] for k, v in parse_qs(body.decode()).items()})
         else:
             self._json_error(400, "UnknownOperationException", f"unknown operation {target!r}")
 
@@ -328,6 +339,25 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     # STS, query protocol.
+
+    def _assume_role(self, parameters: dict[str, str]) -> None:
+        with self.fake._lock:
+            self.fake.assumed_roles.append(parameters)
+        expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        xml = (
+            '<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+            "<AssumeRoleResult><Credentials>"
+            "<AccessKeyId>ASIAFAKEASSUMEDROLE1</AccessKeyId>"
+            "<SecretAccessKey>assumed-secret</SecretAccessKey>"
+            "<SessionToken>assumed-token</SessionToken>"
+            f"<Expiration>{expiration}</Expiration>"
+            "</Credentials><AssumedRoleUser>"
+            f"<Arn>{parameters.get('RoleArn', '')}/session</Arn>"
+            "<AssumedRoleId>AROAFAKE:session</AssumedRoleId>"
+            "</AssumedRoleUser></AssumeRoleResult>"
+            "<ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata>"
+            "</AssumeRoleResponse>")
+        self._send(200, xml.encode(), "text/xml")
 
     def _get_caller_identity(self) -> None:
         fault = self.fake._next_fault("GetCallerIdentity")

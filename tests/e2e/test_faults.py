@@ -172,3 +172,23 @@ def test_spool_full_pauses_tcp_and_drops_udp(fake_firehose: FakeFirehose, tmp_pa
     tcp = sorted(int(m.split("seq=")[1][:7]) for m in delivered if "seq=" in m)
     assert tcp == list(range(sender.count))
     assert sum(m.startswith("<13>udp while full") for m in delivered) == 50 - dropped
+
+
+def test_role_arn_is_assumed_for_firehose_calls(fake_firehose: FakeFirehose,
+                                                tmp_path: Path) -> None:
+    port = free_ports()
+    role = "arn:aws:iam::210987654321:role/kinesyslog-writer"
+    relay = Relay(args_for(tmp_path / "spool", port, "--role-arn", role, "--external-id",
+                           "ext-42", "--role-session-name", "relay-test"),
+                  env={"AWS_ENDPOINT_URL": fake_firehose.url}).start()
+    try:
+        send_tcp("127.0.0.1", port, b"<13>as the assumed role\n")
+    finally:
+        assert relay.stop() == 0, relay.log
+    assert delivered_messages(fake_firehose) == ["<13>as the assumed role"]
+    assert [(p["RoleArn"], p["RoleSessionName"], p["ExternalId"])
+            for p in fake_firehose.assumed_roles] == [(role, "relay-test", "ext-42")]
+    keys = {operation: key for operation, key in fake_firehose.access_keys}
+    assert keys["AssumeRole"] == "testing"  # the source credentials assume the role
+    assert keys["PutRecordBatch"] == "ASIAFAKEASSUMEDROLE1"
+    assert keys["DescribeDeliveryStream"] == "ASIAFAKEASSUMEDROLE1"
