@@ -6,6 +6,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import time
@@ -121,6 +122,27 @@ def bind_all(config: Config) -> list[BoundSocket]:
             item.sock.close()
         raise
     return bound
+
+
+def udp_kernel_drops(sockets: list[BoundSocket]) -> int | None:
+    """Datagrams the kernel dropped for our UDP sockets (receive buffer full), from
+    /proc/net/udp[6]; None where that is not readable."""
+    inodes = {str(os.fstat(bound.sock.fileno()).st_ino)
+              for bound in sockets if bound.transport == "udp" and bound.sock.fileno() >= 0}
+    if not inodes:
+        return 0
+    drops = 0
+    try:
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            with open(table) as lines:
+                next(lines)  # header
+                for line in lines:
+                    fields = line.split()
+                    if len(fields) >= 13 and fields[9] in inodes:
+                        drops += int(fields[12])
+    except (OSError, ValueError, StopIteration):
+        return None
+    return drops
 
 
 def bind_error(option: str, address: str, port: int, error: OSError) -> str:

@@ -26,7 +26,13 @@ from kinesyslog import constants
 from kinesyslog._fast.ring import Ring, RingError
 from kinesyslog.config import Config, ConfigError
 from kinesyslog.eventloop import EventLoop
-from kinesyslog.listeners import Listener, ListenerCounters, bind_all, bind_error
+from kinesyslog.listeners import (
+    Listener,
+    ListenerCounters,
+    bind_all,
+    bind_error,
+    udp_kernel_drops,
+)
 from kinesyslog.logs import setup_logging
 from kinesyslog.spool import Spool
 from kinesyslog.tls import TlsContextHolder
@@ -244,6 +250,9 @@ class Supervisor:
         add(metrics.CONNECTIONS_REJECTED, counters.proxy_rejected, "proxy_header")
         add(metrics.CONNECTIONS_REJECTED, counters.negotiation_timeout, "negotiation_timeout")
         add(metrics.MESSAGES_DROPPED, counters.gelf_corrupt, "gelf_corrupt")
+        kernel_drops = udp_kernel_drops(self.listener.sockets)
+        if kernel_drops is not None:
+            add(metrics.MESSAGES_DROPPED, kernel_drops, "udp_kernel")
         add(metrics.GELF_INVALID_JSON, counters.gelf_invalid_json)
         chunks = self.listener.gelf_chunks
         if chunks is not None:

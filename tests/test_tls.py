@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from kinesyslog.config import Config, ConfigError
-from kinesyslog.listeners import source_text
 from kinesyslog.tls import TlsContextHolder, make_server_context
 from tests.certs import issue, make_ca
 
@@ -47,15 +46,3 @@ def test_failed_reload_keeps_the_previous_context(tmp_path: Path,
     issue(ca, tmp_path, "server")  # new files under the same names
     assert holder.reload() is True
     assert holder.context is not before
-
-
-@pytest.mark.parametrize(("peer", "expected"), [
-    ("192.0.2.7", "192.0.2.7"),
-    ("::ffff:192.0.2.7", "192.0.2.7"),
-    ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
-    ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
-    ("fe80::1%eth0", "fe80::1%eth0"),
-    ("::1", "::1"),
-])
-def test_sources_are_canonical_text(peer: str, expected: str) -> None:
-    assert source_text(peer) == expected

@@ -1,0 +1,37 @@
+"""Listener helpers: canonical source addresses and the kernel's UDP drop count."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from kinesyslog.listeners import BoundSocket, source_text, udp_kernel_drops
+
+
+@pytest.mark.parametrize(("peer", "expected"), [
+    ("192.0.2.7", "192.0.2.7"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),
+    ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
+    ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
+    ("fe80::1%eth0", "fe80::1%eth0"),
+    ("::1", "::1"),
+])
+def test_sources_are_canonical_text(peer: str, expected: str) -> None:
+    assert source_text(peer) == expected
+
+
+def test_udp_kernel_drops_are_read_for_our_sockets_only() -> None:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    receiver.bind(("127.0.0.1", 0))
+    try:
+        bound = [BoundSocket("udp", receiver.getsockname()[1], receiver)]
+        assert udp_kernel_drops(bound) == 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(200):  # nobody reads: the small buffer overflows
+                sender.sendto(b"x" * 1000, receiver.getsockname())
+        assert udp_kernel_drops(bound) > 0
+        assert udp_kernel_drops([]) == 0
+    finally:
+        receiver.close()
