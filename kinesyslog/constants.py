@@ -54,6 +54,8 @@ GZIP_MIN_MEMBER_BYTES = 18
 
 # Life cycle.
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+WORKER_FLUSH_GRACE = 30.0  # after --shutdown-timeout, for the final flush of a busy worker
+UPLOADER_EXIT_GRACE = 10.0
 EX_CONFIG = 78
 OUTPUT_DIR_OWNER = "000000000000"
 
@@ -87,7 +89,7 @@ SYSTEMD_UNIT_NAME = "kinesyslog.service"
 DEFAULT_SYSTEMD_DIR = "/etc/systemd/system"
 SYSTEM_SPOOL_DIR = "/var/spool/kinesyslog"
 # systemd's TimeoutStopSec is the shutdown timeout plus this: the relay may spend the shutdown
-# timeout uploading, then up to 30 s more (relay.WORKER_FLUSH_GRACE) on a busy worker's flush.
+# timeout uploading, then up to 30 s more (WORKER_FLUSH_GRACE) on a busy worker's flush.
 SYSTEMD_STOP_MARGIN = 60
 SYSTEMD_NOFILE_LIMIT = 65_536  # above DEFAULT_MAX_CONNECTIONS; systemd's default soft limit is 1024
 

@@ -44,8 +44,6 @@ METRICS_INTERVAL = 1.0
 STATUS_INTERVAL = 10.0
 GELF_EXPIRY_INTERVAL = 0.5
 METRICS_DIR_NAME = ".metrics"
-WORKER_FLUSH_GRACE = 30.0  # after --shutdown-timeout, for the final flush of a busy worker
-UPLOADER_EXIT_GRACE = 10.0
 
 
 def set_title(title: str) -> None:
@@ -299,9 +297,9 @@ class Supervisor:
             listener.drain_connections(deadline)
         listener.close()
         self.ring.close_producer()
-        self.wait_for("worker", self.worker_pid, deadline + WORKER_FLUSH_GRACE)
+        self.wait_for("worker", self.worker_pid, deadline + constants.WORKER_FLUSH_GRACE)
         self.signal_child(self.uploader_pid, signal.SIGUSR1)  # nothing new will be spooled
-        self.wait_for("uploader", self.uploader_pid, deadline + UPLOADER_EXIT_GRACE)
+        self.wait_for("uploader", self.uploader_pid, deadline + constants.UPLOADER_EXIT_GRACE)
         self.log_stats()
         self.loop.close()
         log.info("kinesyslog stopped")
