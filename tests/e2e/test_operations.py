@@ -46,3 +46,23 @@ def test_sd_notify_ready_and_stopping_then_dump(tmp_path: Path) -> None:
                             text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 1
     assert "broken.gz" in result.stderr and result.stdout.count("\n") == 2
+
+
+def test_sigint_drains_like_sigterm(tmp_path: Path) -> None:
+    import signal
+
+    port = free_ports()
+    out = tmp_path / "out"
+    relay = Relay(["--output-dir", str(out), "--spool-dir", str(tmp_path / "spool"),
+                   "--address", "127.0.0.1", "--tcp-port", str(port)]).start()
+    try:
+        # Unterminated at close: delivered when the connection ends at shutdown.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"<13>complete\n<13>unterminated tail")
+            relay.process.send_signal(signal.SIGINT)
+            assert relay.wait(60) == 0, relay.log
+    finally:
+        relay.kill()
+    result = subprocess.run([*kinesyslog_command(), "dump", str(out)], capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.stdout == "<13>complete\n<13>unterminated tail\n"
