@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY = $(VENV)/bin/python
 
-.PHONY: test lint build clean
+.PHONY: test lint build executable clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard kinesyslog/_fast/*.pyx kinesyslog/_fast/*.pxd)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,build]'
 	touch $@
 
 build: $(VENV)/.installed
@@ -16,7 +16,11 @@ build: $(VENV)/.installed
 lint: build
 	$(VENV)/bin/ruff check kinesyslog tests fuzz bench
 
-test: lint
+# dist/kinesyslog (one file) and dist/kinesyslog-dir/ (one folder), from pyinstaller.spec
+executable: build
+	PYTHON=$(PY) packaging/build-executable.sh
+
+test: lint executable
 	$(PY) -m pytest -q tests fuzz
 
 clean:

@@ -52,8 +52,9 @@ def free_ports() -> int:
 class Relay:
     """One `kinesyslog listen` process; stderr is collected for assertions."""
 
-    def __init__(self, args: Iterable[str], env: dict[str, str] | None = None) -> None:
-        self.args = [*kinesyslog_command(), "listen", *args]
+    def __init__(self, args: Iterable[str], env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
+        self.args = [*(command or kinesyslog_command()), "listen", *args]
         self.env = {**os.environ, **(env or {})}
         self.lines: list[str] = []
         self._ready = threading.Event()
