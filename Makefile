@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY = $(VENV)/bin/python
 
-.PHONY: test lint build executable clean
+.PHONY: test lint build executable deb clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard kinesyslog/_fast/*.pyx kinesyslog/_fast/*.pxd)
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ lint: build
 executable: build
 	PYTHON=$(PY) packaging/build-executable.sh
 
-test: lint executable
+# dist/kinesyslog_<version>_<arch>.deb from the one-folder build (needs dpkg-deb, objdump)
+deb: executable
+	PYTHON=$(PY) packaging/build-deb.sh
+
+test: lint executable deb
 	$(PY) -m pytest -q tests fuzz
 
 clean:
