@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY = $(VENV)/bin/python
 
-.PHONY: test lint build executable deb clean
+.PHONY: test lint build executable deb rpm clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard kinesyslog/_fast/*.pyx kinesyslog/_fast/*.pxd)
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ executable: build
 deb: executable
 	PYTHON=$(PY) packaging/build-deb.sh
 
-test: lint executable deb
+# dist/kinesyslog-<version>-<release>.<arch>.rpm from the one-folder build (needs rpmbuild,
+# objdump)
+rpm: executable
+	PYTHON=$(PY) packaging/build-rpm.sh
+
+test: lint executable deb rpm
 	$(PY) -m pytest -q tests fuzz
 
 clean:
