@@ -6,14 +6,8 @@
 set -eu
 
 cd "$(dirname "$0")/.."
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
-BUILT=dist/kinesyslog-dir
-if [ ! -x "$BUILT/kinesyslog" ]; then
-    echo "build-deb.sh: $BUILT/kinesyslog is missing: run packaging/build-executable.sh" >&2
-    exit 1
-fi
+SCRIPT=build-deb.sh
+. packaging/common.sh
 
 # PEP 440 to Debian: pre-releases sort before the release with "~" (3.0.0.dev0 -> 3.0.0~dev0,
 # 3.0.0rc1 -> 3.0.0~rc1), post-releases after it with "+".
@@ -23,13 +17,6 @@ from kinesyslog import __version__ as v
 v = re.sub(r"\.?(dev|a|b|rc)", r"~\1", v, count=1)
 print(re.sub(r"\.?post", "+post", v))')
 ARCH=$(dpkg --print-architecture)
-# The newest glibc symbol version any bundled ELF file needs.
-GLIBC=$(find "$BUILT" -type f \( -name '*.so*' -o -name kinesyslog \) -exec objdump -T {} + \
-    2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
-if [ -z "$GLIBC" ]; then
-    echo "build-deb.sh: found no GLIBC_ symbol versions (is objdump installed?)" >&2
-    exit 1
-fi
 
 MAINTAINER=${DEB_MAINTAINER:-kinesyslog maintainers <kinesyslog@example.org>}
 

@@ -7,14 +7,8 @@
 set -eu
 
 cd "$(dirname "$0")/.."
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
-BUILT=dist/kinesyslog-dir
-if [ ! -x "$BUILT/kinesyslog" ]; then
-    echo "build-rpm.sh: $BUILT/kinesyslog is missing: run packaging/build-executable.sh" >&2
-    exit 1
-fi
+SCRIPT=build-rpm.sh
+. packaging/common.sh
 
 # PEP 440 to rpm: a pre-release goes into a Release below 1 so that it sorts before the
 # release (3.0.0.dev0 -> 3.0.0-0.dev0, 3.0.0rc1 -> 3.0.0-0.rc1, 3.0.0 -> 3.0.0-1),
@@ -27,13 +21,6 @@ tag = re.sub(r"[^A-Za-z0-9.]", "", tag)
 print(base, ("1." + tag if tag.startswith("post") else "0." + tag) if tag else "1")')
 VERSION=${VR% *}
 RELEASE=${VR#* }
-# The newest glibc symbol version any bundled ELF file needs (as build-deb.sh).
-GLIBC=$(find "$BUILT" -type f \( -name '*.so*' -o -name kinesyslog \) -exec objdump -T {} + \
-    2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
-if [ -z "$GLIBC" ]; then
-    echo "build-rpm.sh: found no GLIBC_ symbol versions (is objdump installed?)" >&2
-    exit 1
-fi
 
 PACKAGER=${RPM_PACKAGER:-kinesyslog maintainers <kinesyslog@example.org>}
 
