@@ -21,6 +21,7 @@ from tests.e2e.relay_process import (
     octet_counted,
     wait_for,
 )
+from tests.e2e.test_metrics import fetch, sample
 from tests.e2e.test_relay import s3_events
 
 pytestmark = pytest.mark.e2e
@@ -210,16 +211,23 @@ def test_proxy_protocol_sets_stream_and_group(moto_server, pki, tmp_path: Path,
 
 
 def test_silent_clients_time_out_and_others_flow(pki, tmp_path: Path) -> None:
-    port, tls_port = free_ports(), free_ports()
+    port, tls_port, metrics_port = free_ports(), free_ports(), free_ports()
     relay = local_relay(tmp_path, "--address", "127.0.0.1", "--tcp-port", str(port),
                         "--tls-port", str(tls_port), "--cert", str(pki["server"].cert),
                         "--key", str(pki["server"].key), "--proxy-protocol", str(port),
-                        "--max-connections", "3").start()
+                        "--max-connections", "3", "--prometheus-port",
+                        str(metrics_port)).start()
+
+    def connections_open() -> float:
+        text = fetch(f"http://127.0.0.1:{metrics_port}/metrics")[1]
+        return sample(text, "kinesyslog_connections_open") if "connections_open " in text else -1
     try:
         silent_proxy = socket.create_connection(("127.0.0.1", port), timeout=30)
         silent_tls = socket.create_connection(("127.0.0.1", tls_port), timeout=30)
         silent_proxy.sendall(b"PROXY TCP4 192.0.2.1")  # an unfinished header, then silence
         started = time.monotonic()
+        # Both accepted (the relay accepts per listener socket, in any order) before the rest.
+        wait_for(lambda: connections_open() == 2, 10, interval=0.1, message="2 connections open")
         # The third connection is allowed, a fourth refused, while the silent ones wait.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(pack_v1("TCP4", "192.0.2.50", "192.0.2.1", 1, 514) + b"<13>flowing\n")
