@@ -139,14 +139,24 @@ class Spool:
 
     def usage(self) -> tuple[int, int]:
         """(file count, total bytes) of the records awaiting upload."""
+        count, size, _ = self.stats()
+        return count, size
+
+    def stats(self) -> tuple[int, int, float | None]:
+        """(file count, total bytes, oldest modification time or None), in one scan."""
         count = size = 0
+        oldest: float | None = None
         with os.scandir(self.directory) as entries:
             for entry in entries:
                 if _is_record_name(entry.name) or entry.name.startswith(SPOOL_LEGACY_PREFIX):
                     try:
-                        if entry.is_file(follow_symlinks=False):
-                            size += entry.stat(follow_symlinks=False).st_size
-                            count += 1
+                        if not entry.is_file(follow_symlinks=False):
+                            continue
+                        status = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue  # uploaded meanwhile
-        return count, size
+                    size += status.st_size
+                    count += 1
+                    if oldest is None or status.st_mtime < oldest:
+                        oldest = status.st_mtime
+        return count, size, oldest

@@ -417,14 +417,8 @@ class Uploader:
 
     def publish_spool_gauges(self) -> None:
         """kinesyslog_spool_count, _bytes and _age (seconds since the oldest was written)."""
-        count, size = self.spool.usage()
-        pending = self.spool.pending()
-        age = 0.0
-        if pending:
-            try:
-                age = max(0.0, time.time() - pending[0].stat().st_mtime)
-            except FileNotFoundError:
-                age = 0.0  # uploaded meanwhile
+        count, size, oldest = self.spool.stats()
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         metrics.SPOOL_COUNT.set(count)
         metrics.SPOOL_BYTES.set(size)
         metrics.SPOOL_AGE.set(age)

@@ -136,3 +136,16 @@ def test_remove_stale_temp_files(tmp_path: Path) -> None:
     assert spool.remove_stale_temp_files() == 2
     assert spool.remove_stale_temp_files() == 0
     assert sorted(os.listdir(tmp_path)) == sorted([kept[0].name, "firehose_event-q1w2e3"])
+
+
+def test_stats_counts_sizes_and_oldest_in_one_scan(tmp_path: Path) -> None:
+    import os
+
+    spool = Spool(tmp_path / "spool")
+    assert spool.stats() == (0, 0, None)
+    first, _ = spool.write_records([b"a" * 10, b"b" * 5])
+    os.utime(first, (1_000_000, 1_000_000))
+    (spool.directory / "firehose_event-x").write_bytes(b"c" * 7)
+    (spool.directory / ".tmp-ignored").write_bytes(b"d" * 100)
+    assert spool.stats() == (3, 22, 1_000_000)
+    assert spool.usage() == (3, 22)

@@ -111,7 +111,6 @@ def test_gelf_chunk_flood_keeps_memory_bounded(tmp_path: Path) -> None:
                 for message in normal[round_number * 5:(round_number + 1) * 5]:
                     sock.sendto(message, ("127.0.0.1", port))
                 peak = max(peak, rss_kib(relay.pid))
-        metrics = fetch(f"http://127.0.0.1:{metrics_port}/metrics")[1]
         wait_for(lambda: "kinesyslog_gelf_chunks_dropped_total" in
                  fetch(f"http://127.0.0.1:{metrics_port}/metrics")[1], 10, interval=0.2)
         metrics = fetch(f"http://127.0.0.1:{metrics_port}/metrics")[1]
