@@ -63,6 +63,27 @@ class Model:
         window = itertools.islice(self.entries, self.read, self.read + limit)
         return [entry for _, entry in window]
 
+    def commit(self) -> None:
+        self.commit_pos = self.read_pos()
+        for _ in range(self.read):
+            self.entries.popleft()
+        self.read = 0
+
+    def check_positions(self, producer: Ring, consumer: Ring) -> None:
+        """Both handles on the file agree with the model on every position and flag."""
+        assert producer.write_position == consumer.write_position == self.write_pos
+        assert producer.commit_position == consumer.commit_position == self.commit_pos
+        assert producer.free_bytes() == CAPACITY - (self.write_pos - self.commit_pos)
+        assert consumer.uncommitted_bytes == self.write_pos - self.commit_pos
+        assert consumer.pending_bytes == self.write_pos - self.read_pos()
+        assert consumer.producer_closed is self.producer_closed
+
+    def check_contents(self, consumer: Ring) -> None:
+        """Everything not committed is still there, in order."""
+        consumer.rewind()
+        everything = consumer.read_batch(len(self.entries) + 1)
+        assert everything == [entry for _, entry in self.entries]
+
 
 payloads = st.one_of(
     st.binary(max_size=64),
@@ -189,10 +210,7 @@ class RingMachine(RuleBasedStateMachine):
     @rule()
     def commit(self) -> None:
         self.consumer.commit()
-        self.model.commit_pos = self.model.read_pos()
-        for _ in range(self.model.read):
-            self.model.entries.popleft()
-        self.model.read = 0
+        self.model.commit()
 
     @rule()
     def rewind(self) -> None:
@@ -220,13 +238,7 @@ class RingMachine(RuleBasedStateMachine):
 
     @invariant()
     def positions_match(self) -> None:
-        m = self.model
-        assert self.producer.write_position == self.consumer.write_position == m.write_pos
-        assert self.producer.commit_position == self.consumer.commit_position == m.commit_pos
-        assert self.producer.free_bytes() == CAPACITY - (m.write_pos - m.commit_pos)
-        assert self.consumer.uncommitted_bytes == m.write_pos - m.commit_pos
-        assert self.consumer.pending_bytes == m.write_pos - m.read_pos()
-        assert self.consumer.producer_closed is m.producer_closed
+        self.model.check_positions(self.producer, self.consumer)
 
     def teardown(self) -> None:
         laps = self.model.write_pos / CAPACITY
@@ -234,10 +246,7 @@ class RingMachine(RuleBasedStateMachine):
         target(laps, label="laps")
         try:
             if hasattr(self, "consumer"):
-                # Everything not committed is still there, in order.
-                self.consumer.rewind()
-                everything = self.consumer.read_batch(len(self.model.entries) + 1)
-                assert everything == [entry for _, entry in self.model.entries]
+                self.model.check_contents(self.consumer)
                 self.consumer.close()
                 self.producer.close()
         finally:
