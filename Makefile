@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY = $(VENV)/bin/python
 
-.PHONY: test lint build executable deb rpm clean
+# What deb, rpm and test package: "release" (built in a Debian 11 root, glibc >= 2.31;
+# needs root, debootstrap and systemd-nspawn) or "executable" (the host's Python, quicker):
+#   make test BUILD=executable
+BUILD ?= release
+
+.PHONY: test lint build executable release deb rpm clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard kinesyslog/_fast/*.pyx kinesyslog/_fast/*.pxd)
 	$(PYTHON) -m venv $(VENV)
@@ -20,16 +25,20 @@ lint: build
 executable: build
 	PYTHON=$(PY) packaging/build-executable.sh
 
+# The same two builds frozen in a Debian 11 root (build/release-root, reused between runs)
+release:
+	packaging/build-release.sh
+
 # dist/kinesyslog_<version>_<arch>.deb from the one-folder build (needs dpkg-deb, objdump)
-deb: executable
+deb: build $(BUILD)
 	PYTHON=$(PY) packaging/build-deb.sh
 
 # dist/kinesyslog-<version>-<release>.<arch>.rpm from the one-folder build (needs rpmbuild,
 # objdump)
-rpm: executable
+rpm: build $(BUILD)
 	PYTHON=$(PY) packaging/build-rpm.sh
 
-test: lint executable deb rpm
+test: lint $(BUILD) deb rpm
 	$(PY) -m pytest -q tests fuzz
 
 clean:

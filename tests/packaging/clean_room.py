@@ -31,12 +31,15 @@ def mounted_under(root: Path) -> list[str]:
 
 
 def processes_in(root: Path) -> list[int]:
-    """PIDs of every process whose root directory is root (or below it)."""
+    """PIDs of every process whose root directory is root. By inode, not by path: seen
+    from here, a process in nspawn's mount namespace has "/" as its root path."""
+    wanted = os.stat(root)
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if Path(os.readlink(entry / "root")).is_relative_to(root):
+                own = os.stat(entry / "root")
+                if (own.st_dev, own.st_ino) == (wanted.st_dev, wanted.st_ino):
                     found.append(int(entry.name))
     return found
 
@@ -74,6 +77,7 @@ def copy_root(base: Path) -> Path:
     assert not mounted_under(base)
     root = Path(tempfile.mkdtemp(prefix="kinesyslog-root-", dir="/var/tmp"))
     subprocess.run(["cp", "-a", f"{base}/.", str(root)], check=True, timeout=COMMAND_TIMEOUT)
+    root.chmod(0o755)  # it becomes "/" for the root's users (mkdtemp made it 0700)
     return root
 
 
@@ -131,9 +135,10 @@ class Booted:
         assert self.process is not None
         for pid in processes_in(self.root):
             with contextlib.suppress(OSError):
-                status = Path(f"/proc/{pid}/status").read_text()
-                if "\nNSpid:" in status and status.split("\nNSpid:")[1].split()[-1] == "1":
-                    return pid
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    # "NSpid: <pid here> <pid in the container>"
+                    if line.startswith("NSpid:") and line.split()[-1] == "1":
+                        return pid
         return 0
 
     def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:

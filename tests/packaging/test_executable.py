@@ -28,6 +28,7 @@ from tests.e2e.relay_process import (
     send_udp,
     wait_for,
 )
+from tests.packaging.test_deb import newest_glibc
 
 pytestmark = pytest.mark.e2e
 
@@ -196,3 +197,17 @@ def test_firehose_end_to_end(moto_server, tmp_path: Path) -> None:
     assert sorted(e["message"] for _, _, e in events_of(records)) == sorted(
         [UDP_MESSAGE.decode(), TCP_MESSAGE.decode()])
     assert {r["owner"] for r in records} == {"123456789012"}
+
+
+GLIBC_GOAL = (2, 34)  # Amazon Linux 2023 and RHEL 9
+
+
+def test_glibc_floor() -> None:
+    """The release build (packaging/build-release.sh, made in Debian 11) needs no glibc newer
+    than 2.34; a build with the host's Python (`make executable`) needs the host's glibc."""
+    floor = newest_glibc(built(ONE_FOLDER).parent)
+    if tuple(int(n) for n in floor.split(".")) > GLIBC_GOAL:
+        reason = f"{ONE_FOLDER.parent} needs glibc {floor}: `make release` builds for 2.31"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
