@@ -9,6 +9,7 @@ dependencies are tested where nothing of the build machine helps.
   unit's hardening, on a privileged port; messages read back from S3; `systemctl stop`
   drains; `systemctl restart` and an upgrade restart it.
 * rpm: `rpm --root` into such a root; its scriptlets create the user and enable the unit.
+* the one-file executable, as nobody, in such a root.
 
 Root and CI only (CI=true): debootstrap needs the network, the tests need root. Run
 `make test` (or the release build and `make deb rpm`) first."""
@@ -29,7 +30,15 @@ import pytest
 from kinesyslog import __version__
 from kinesyslog.constants import SPOOL_RECORD_PREFIX, SPOOL_RECORD_SUFFIX, SYSTEM_SPOOL_DIR
 from tests.conftest import MotoServer
-from tests.e2e.relay_process import Relay, free_ports, send_tcp, send_udp, wait_for
+from tests.e2e.relay_process import (
+    Relay,
+    decode_records,
+    events_of,
+    free_ports,
+    send_tcp,
+    send_udp,
+    wait_for,
+)
 from tests.e2e.test_relay import s3_events
 from tests.packaging import clean_room
 from tests.packaging.clean_room import Booted, in_root, nspawn_command
@@ -215,6 +224,36 @@ def test_apt_install_run_upgrade_purge(root: Path, moto_server: MotoServer,
     for gone in (SPOOL, "etc/default/kinesyslog", "usr/bin/kinesyslog", "usr/lib/kinesyslog",
                  UNIT, ENABLED_LINK):
         assert not os.path.lexists(root / gone), gone
+
+
+def test_one_file_executable_in_clean_root(root: Path) -> None:
+    """The release one-file executable where glibc is 2.31 and there is no Python: as nobody,
+    from /, unpacking itself into the root's /tmp."""
+    executable = root / "usr/local/bin/kinesyslog"
+    shutil.copy2(DIST / "kinesyslog", executable)
+    assert in_root(root, "/usr/local/bin/kinesyslog", "--version").stdout == (
+        f"kinesyslog, version {__version__}\n")
+    nobody = passwd_entry(root, "nobody")
+    assert nobody is not None
+    output = root / "var/tmp/out"
+    output.mkdir()
+    os.chown(output, int(nobody[2]), int(nobody[3]))
+    port = free_ports()
+    relay = Relay(["--output-dir", "/var/tmp/out", "--spool-dir", "/var/tmp/spool",
+                   "--address", "127.0.0.1", "--udp-port", str(port), "--tcp-port", str(port),
+                   "--flush-interval", "0.5"],
+                  command=nspawn_command(root, "/usr/local/bin/kinesyslog", user="nobody"))
+    message = "<13>1 2026-11-21T10:00:00.123Z host app 1 - - one file on glibc 2.31"
+    try:
+        relay.start()
+        send_udp("127.0.0.1", port, [message.encode()])
+        assert relay.stop() == 0, relay.log
+    finally:
+        relay.kill()
+        clean_room.kill_processes_in(root)
+    records = [r for path in output.iterdir() for r in decode_records(path.read_bytes())]
+    assert [(group, event["message"]) for group, _, event in events_of(records)] == [
+        (f"/kinesyslog/syslog/{port}", message)]
 
 
 def privileged_port() -> int:
