@@ -113,6 +113,15 @@ def publish(root: Path, *debs: Path) -> None:
         f"deb [trusted=yes] file:{REPOSITORY} ./\n")
 
 
+def apt_install(root: Path) -> Path:
+    """`apt-get install kinesyslog` in the root from a local repository holding dist's .deb."""
+    deb = built("kinesyslog_*.deb")
+    publish(root, deb)
+    in_root(root, "apt-get", "update", "-q")
+    in_root(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", "kinesyslog")
+    return deb
+
+
 def passwd_entry(root: Path, name: str) -> list[str] | None:
     for line in (root / "etc/passwd").read_text().splitlines():
         fields = line.split(":")
@@ -165,10 +174,7 @@ def wait_delivered(moto: MotoServer, expected: list[str]) -> None:
 
 def test_apt_install_run_upgrade_purge(root: Path, moto_server: MotoServer,
                                        tmp_path: Path) -> None:
-    deb = built("kinesyslog_*.deb")
-    publish(root, deb)
-    in_root(root, "apt-get", "update", "-q")
-    in_root(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", "kinesyslog")
+    deb = apt_install(root)
 
     user = passwd_entry(root, "kinesyslog")
     assert user is not None
@@ -288,10 +294,7 @@ def wait_active(booted: Booted, other_than: int = 0) -> int:
 
 def test_boot_starts_hardened_service(root: Path, moto_server: MotoServer,
                                       tmp_path: Path) -> None:
-    deb = built("kinesyslog_*.deb")
-    publish(root, deb)
-    in_root(root, "apt-get", "update", "-q")
-    in_root(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", "kinesyslog")
+    deb = apt_install(root)
     port = privileged_port()
     settings_file = root / "etc/default/kinesyslog"
     settings_file.write_text(settings_file.read_text() + "".join(
