@@ -61,12 +61,10 @@ fi
 
 mkdir -p dist
 in_root --bind="$REPO/dist:/out" /bin/sh /src/packaging/release/root-build.sh
-for built in dist/kinesyslog dist/kinesyslog-dir/kinesyslog; do
-    if [ ! -x "$built" ]; then
-        echo "build-release.sh: $built was not built" >&2
-        exit 1
-    fi
-done
-GLIBC=$(find dist/kinesyslog-dir -type f -exec objdump -T {} + 2>/dev/null \
-    | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
+if [ ! -x dist/kinesyslog ]; then
+    echo "build-release.sh: dist/kinesyslog was not built" >&2
+    exit 1
+fi
+SCRIPT=build-release.sh
+. packaging/common.sh  # checks the one-folder build, sets GLIBC
 echo "release build: dist/kinesyslog $(du -h dist/kinesyslog | cut -f1), needs glibc >= $GLIBC"
