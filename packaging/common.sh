@@ -1,6 +1,6 @@
-# Shared by build-deb.sh, build-rpm.sh and build-release.sh (sourced, from the repository root): finds the
-# Python that imports kinesyslog, checks the one-folder build, and sets GLIBC to the newest
-# glibc symbol version any bundled ELF file needs.
+# Shared by build-deb.sh, build-rpm.sh and build-release.sh (sourced, from the repository
+# root): finds the Python that imports kinesyslog, checks the one-folder build, and sets GLIBC
+# to the newest glibc symbol version any bundled ELF file needs.
 # $SCRIPT: the calling script's name, for error messages.
 
 if [ -z "${PYTHON:-}" ]; then
