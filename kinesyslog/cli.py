@@ -74,6 +74,11 @@ def cli() -> None:
 @option("rfc3164-timezone", default="UTC", help="IANA time zone of RFC 3164 timestamps.")
 @option("max-connections", type=int, default=constants.DEFAULT_MAX_CONNECTIONS,
         help="Most TCP and TLS connections open at once; more are refused and counted.")
+@option("max-connections-per-source", type=int,
+        default=constants.DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+        help="Open TCP/TLS connections one sender address may hold; 0: no limit.")
+@option("idle-timeout", type=float, default=constants.DEFAULT_IDLE_TIMEOUT,
+        help="Close a TCP/TLS connection that sent nothing for this many seconds; 0: never.")
 @option("debug", is_flag=True, help="Debug logging.")
 @option("debug-asyncio", is_flag=True, hidden=True,
         help="Accepted for compatibility with 2.x; there is no asyncio to debug.")

@@ -49,6 +49,8 @@ class Config:
     shutdown_timeout: float = constants.DEFAULT_SHUTDOWN_TIMEOUT
     rfc3164_timezone: str = "UTC"
     max_connections: int = constants.DEFAULT_MAX_CONNECTIONS
+    max_connections_per_source: int = constants.DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+    idle_timeout: float = constants.DEFAULT_IDLE_TIMEOUT
 
     @property
     def ring_capacity(self) -> int:
@@ -175,6 +177,8 @@ def validate(config: Config, *, tls_port_explicit: bool) -> Config:
     _readable_file("--key", config.key)
     _readable_file("--client-ca", config.client_ca)
     _between("--max-connections", config.max_connections, 1, 1_000_000)
+    _between("--max-connections-per-source", config.max_connections_per_source, 0, 1_000_000)
+    _between("--idle-timeout", config.idle_timeout, 0, 7 * 86_400, " seconds (0: never)")
 
     return Config(**{
         **config.__dict__,

@@ -14,6 +14,20 @@ UDP_RECV_SIZE = 65_535
 MAX_SOURCE_LENGTH = 255  # bytes of source-address text stored per ring entry
 DEFAULT_TLS_PORT = 6514
 DEFAULT_MAX_CONNECTIONS = 4096
+# One sender address may hold this many connections (0: no limit); behind --proxy-protocol
+# the address in the header counts, not the load balancer's.
+DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 256
+# A connection that sent nothing for this long is closed (0: never). Long, for senders that
+# log rarely: rsyslog and syslog-ng notice the close and reconnect before their next message.
+DEFAULT_IDLE_TIMEOUT = 3600.0
+# When every --max-connections slot is taken, the connection idle longest gives way to a new
+# one, if it has been idle at least this long.
+IDLE_RECLAIM_AFTER = 60.0
+IDLE_CHECK_INTERVAL = 1.0
+# Unfinished messages (a line without its LF yet, an octet-counted frame still arriving) of
+# all connections together may hold this much memory; beyond it, the connections holding the
+# most are closed. 4096 connections could otherwise pin --max-message-size each.
+PARTIAL_MESSAGE_BUDGET = 32 * 1024 * 1024
 NEGOTIATION_TIMEOUT = 10.0  # seconds for a PROXY header and TLS handshake to complete
 
 # Worker buffers (2.0.1's constants are the defaults).
@@ -40,11 +54,17 @@ SPOOL_LEGACY_TEMP_PREFIX = "_temp_firehose_event-"  # 2.0.1's temporary files
 SPOOL_CORRUPT_DIR = "corrupt"
 OWNER_CACHE_FILE = "owner"  # the last AWS account id read, for starts without STS
 
-# Upload retries: capped exponential back-off with full jitter.
+# Upload retries: capped exponential back-off with full jitter. The cap bounds the time from
+# Firehose's recovery to the next attempt (delivery resumes within 10 s); while every call
+# fails, attempts carry one record, so the cap costs Firehose almost nothing.
 RETRY_BASE_DELAY = 0.5
-RETRY_MAX_DELAY = 30.0
-FIREHOSE_CONNECT_TIMEOUT = 5.0
-FIREHOSE_READ_TIMEOUT = 30.0
+RETRY_MAX_DELAY = 5.0
+RETRY_PERMANENT_DELAY = 30.0  # access denied, unknown stream: retrying cannot fix those soon
+QUARANTINE_RETRY_DELAY = 30.0  # a spool file that could not be moved to corrupt/
+# A call that hangs holds delivery at most connect + read timeout (Firehose answers a 4 MiB
+# PutRecordBatch well within a second).
+FIREHOSE_CONNECT_TIMEOUT = 3.0
+FIREHOSE_READ_TIMEOUT = 10.0
 STARTUP_CHECK_TIMEOUT = 10.0
 UPLOADER_RESCAN_INTERVAL = 1.0  # longest wait before the uploader looks at the spool again
 
@@ -57,6 +77,8 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 WORKER_FLUSH_GRACE = 30.0  # after --shutdown-timeout, for the final flush of a busy worker
 UPLOADER_EXIT_GRACE = 10.0
 EX_CONFIG = 78
+EX_SOFTWARE = 70  # a process failed unexpectedly (sysexits.h)
+EX_CANTCREAT = 73  # the ring file cannot be created in --spool-dir
 OUTPUT_DIR_OWNER = "000000000000"
 
 # Event ids: 56 decimal digits, as CloudWatch Logs writes them.

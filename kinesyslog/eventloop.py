@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import os
 import selectors
 import signal
 import socket
@@ -14,24 +13,38 @@ from collections.abc import Callable
 from typing import Any
 
 Callback = Callable[[], Any]
+CANCELLED_TIMERS_COMPACT_MIN = 256
+
+
+def _nothing() -> None:
+    """What a cancelled timer calls: nothing, and it holds no reference to its owner."""
 
 
 class Timer:
-    __slots__ = ("callback", "cancelled", "when")
+    __slots__ = ("callback", "cancelled", "loop", "when")
 
-    def __init__(self, when: float, callback: Callback) -> None:
+    def __init__(self, when: float, callback: Callback, loop: EventLoop) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        self.loop: EventLoop | None = loop
 
     def cancel(self) -> None:
-        self.cancelled = True
+        """Drops the callback at once: a cancelled timer must not keep its owner (a closed
+        connection with its TLS buffers, say) alive until it would have fired."""
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback = _nothing
+            if self.loop is not None:
+                self.loop._timer_cancelled()
+                self.loop = None
 
 
 class EventLoop:
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Timer]] = []
+        self._cancelled_timers = 0
         self._sequence = itertools.count()
         self._signal_handlers: dict[int, Callback] = {}
         self._wakeup_reader, self._wakeup_writer = socket.socketpair()
@@ -71,9 +84,19 @@ class EventLoop:
 
     # --- timers --------------------------------------------------------------------------
     def call_later(self, delay: float, callback: Callback) -> Timer:
-        timer = Timer(time.monotonic() + delay, callback)
+        timer = Timer(time.monotonic() + delay, callback, self)
         heapq.heappush(self._timers, (timer.when, next(self._sequence), timer))
         return timer
+
+    def _timer_cancelled(self) -> None:
+        # Thousands of short-lived connections each cancel a 10 s timer: rebuild the heap
+        # when cancelled entries are the majority, so that it stays as small as the live ones.
+        self._cancelled_timers += 1
+        if (self._cancelled_timers > CANCELLED_TIMERS_COMPACT_MIN
+                and 2 * self._cancelled_timers > len(self._timers)):
+            self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled_timers = 0
 
     def call_every(self, interval: float, callback: Callback) -> None:
         def tick() -> None:
@@ -125,7 +148,10 @@ class EventLoop:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, timer = heapq.heappop(self._timers)
-            if not timer.cancelled:
+            if timer.cancelled:
+                self._cancelled_timers -= 1
+            else:
+                timer.loop = None
                 timer.callback()
 
     def close(self) -> None:
@@ -134,7 +160,3 @@ class EventLoop:
         self._wakeup_reader.close()
         self._wakeup_writer.close()
 
-
-def set_nonblocking_cloexec(fd: int) -> None:
-    os.set_blocking(fd, False)
-    os.set_inheritable(fd, False)

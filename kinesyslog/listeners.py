@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import ipaddress
 import logging
 import os
@@ -51,9 +52,12 @@ class ListenerCounters:
     incomplete_dropped: int = 0
     empty_datagrams: int = 0
     udp_dropped_ring_full: int = 0
-    connections_opened: int = 0
     connections_open: int = 0
     connections_refused: int = 0  # over --max-connections
+    connections_refused_per_source: int = 0  # over --max-connections-per-source
+    idle_closed: int = 0  # --idle-timeout, or the longest idle when every slot was taken
+    tls_errors: int = 0  # after the handshake
+    buffer_limit_closed: int = 0  # the connections holding most of PARTIAL_MESSAGE_BUDGET
     tls_handshake_failed: int = 0
     proxy_rejected: int = 0
     negotiation_timeout: int = 0
@@ -173,11 +177,18 @@ class Listener:
         self.gelf_chunks = ChunkAssembler(config.max_message_size) if config.gelf else None
         self.connections: set[StreamConnection] = set()
         self.paused: set[StreamConnection] = set()
+        # Every read lands in these, so that no read allocates a large object (see
+        # relay.limit_heap_retention).
         self.recv_buffer = bytearray(constants.TCP_RECV_SIZE)
         self.recv_view = memoryview(self.recv_buffer)
+        self.datagram_buffer = bytearray(constants.UDP_RECV_SIZE)
+        self.datagram_view = memoryview(self.datagram_buffer)
         self.problems = RateLimitedLog(log)
         self._sources: dict[object, bytes] = {}
         self._retry_scheduled = False
+        self._per_source: dict[bytes, int] = {}  # open connections by sender address
+        self._reclaim_not_before = 0.0  # no connection can give way to a new one before then
+        self.partial_bytes = 0  # bytes of unfinished messages held by all framers together
 
     def start(self) -> None:
         for bound in self.sockets:
@@ -203,9 +214,11 @@ class Listener:
         max_size = self.config.max_message_size
         counters = self.counters
         stats = counters.port("udp", bound.port)
+        datagram_view = self.datagram_view
         for _ in range(UDP_READ_BATCH):
             try:
-                data, address = bound.sock.recvfrom(constants.UDP_RECV_SIZE)
+                size, address = bound.sock.recvfrom_into(self.datagram_buffer)
+                data = datagram_view[:size]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
@@ -233,7 +246,7 @@ class Listener:
                 self.problems.warning("ring full: dropping UDP datagrams",
                                       f"{counters.udp_dropped_ring_full} dropped so far")
 
-    def _gelf_datagram(self, data: bytes) -> tuple[bytes, bool] | None:
+    def _gelf_datagram(self, data: memoryview) -> tuple[bytes, bool] | None:
         """A whole GELF message (reassembled, decompressed), or None while chunks are missing
         or when the datagram is unusable (counted)."""
         assert self.gelf_chunks is not None
@@ -271,19 +284,95 @@ class Listener:
                 self.problems.warning(f"{bound.transport.upper()} port {bound.port}: accept "
                                       "failed", error.strerror or "")
                 return
-            if len(self.connections) >= self.config.max_connections:
+            if (len(self.connections) >= self.config.max_connections
+                    and not self._reclaim_idle_slot()):
                 sock.close()
                 self.counters.connections_refused += 1
                 self.problems.warning("connection refused: --max-connections reached",
                                       f"{self.config.max_connections} connections open")
                 continue
+            source = self.source_of(address)
+            expect_proxy = bound.port in self.proxy_ports
+            # Behind a load balancer the peer is the balancer: the header's source counts.
+            if not expect_proxy and not self.claim_source(source):
+                sock.close()
+                continue
             sock.setblocking(False)
-            connection = StreamConnection(self, sock, self.source_of(address), bound.port,
-                                          bound.transport, bound.port in self.proxy_ports)
+            connection = StreamConnection(self, sock, source, bound.port, bound.transport,
+                                          expect_proxy)
+            connection.counted_source = None if expect_proxy else source
             self.connections.add(connection)
-            self.counters.connections_opened += 1
             self.counters.connections_open = len(self.connections)
             self.loop.add_reader(sock, connection.on_event)
+
+    def claim_source(self, source: bytes) -> bool:
+        """Counts one more connection of source; False (counted, logged) over the cap."""
+        cap = self.config.max_connections_per_source
+        held = self._per_source.get(source, 0)
+        if cap and held >= cap:
+            self.counters.connections_refused_per_source += 1
+            self.problems.warning("connection refused: --max-connections-per-source reached",
+                                  f"{source.decode(errors='replace')} holds {held}")
+            return False
+        self._per_source[source] = held + 1
+        return True
+
+    def _release_source(self, source: bytes) -> None:
+        held = self._per_source.get(source, 0) - 1
+        if held > 0:
+            self._per_source[source] = held
+        else:
+            self._per_source.pop(source, None)
+
+    def _reclaim_idle_slot(self) -> bool:
+        """Every slot is taken: closes the connection idle longest if it has been idle for
+        IDLE_RECLAIM_AFTER, so that idle connections cannot lock new senders out."""
+        now = time.monotonic()
+        if now < self._reclaim_not_before:
+            return False
+        idlest = min((c for c in self.connections if not c.pending and not c.closing),
+                     key=lambda c: c.last_active, default=None)
+        if idlest is None:
+            return False
+        if now - idlest.last_active < constants.IDLE_RECLAIM_AFTER:
+            # last_active only grows: nothing can qualify before the idlest one does.
+            self._reclaim_not_before = idlest.last_active + constants.IDLE_RECLAIM_AFTER
+            return False
+        self._close_idle(idlest, "every connection slot is taken")
+        return True
+
+    def shed_partial_messages(self) -> None:
+        """Unfinished messages of all connections together exceed PARTIAL_MESSAGE_BUDGET:
+        closes the connections that hold the most (their unfinished message is dropped and
+        counted) until a quarter of the budget is free again. Normal senders send whole
+        lines; what piles up is endless lines and huge octet counts."""
+        target = constants.PARTIAL_MESSAGE_BUDGET * 3 // 4
+        for connection in heapq.nlargest(len(self.connections) // 4 + 1, self.connections,
+                                         key=lambda c: c.partial_bytes):
+            if self.partial_bytes <= target or not connection.partial_bytes:
+                return
+            self.counters.buffer_limit_closed += 1
+            self.counters.incomplete_dropped += 1
+            self.problems.warning(
+                "connection closed: unfinished messages of all connections exceed "
+                f"{constants.PARTIAL_MESSAGE_BUDGET} bytes",
+                f"{connection.peer} held {connection.partial_bytes} bytes")
+            connection.close()
+
+    def expire_idle(self) -> None:
+        """Closes connections that sent nothing for --idle-timeout seconds."""
+        timeout = self.config.idle_timeout
+        if not timeout:
+            return
+        oldest_allowed = time.monotonic() - timeout
+        for connection in [c for c in self.connections if c.last_active < oldest_allowed]:
+            if not connection.pending and not connection.closing:
+                self._close_idle(connection, f"nothing received for {timeout:g} s")
+
+    def _close_idle(self, connection: StreamConnection, why: str) -> None:
+        self.counters.idle_closed += 1
+        self.problems.warning("idle connection closed", f"{connection.peer}: {why}")
+        connection.end_of_stream()
 
     def pause(self, connection: StreamConnection) -> None:
         self.loop.remove_reader(connection.sock)
@@ -306,6 +395,9 @@ class Listener:
         self.connections.discard(connection)
         self.paused.discard(connection)
         self.counters.connections_open = len(self.connections)
+        if connection.counted_source is not None:
+            self._release_source(connection.counted_source)
+            connection.counted_source = None
 
     # --- shutdown ------------------------------------------------------------------------
     def stop_accepting(self) -> None:
@@ -348,7 +440,8 @@ class Listener:
 class StreamConnection:
     """One TCP or TLS connection: [PROXY header] → [TLS] → RFC 6587 framing → ring."""
 
-    __slots__ = ("closing", "framer", "listener", "negotiation_timer", "outgoing", "pending",
+    __slots__ = ("__weakref__", "closed", "closing", "counted_source", "framer", "last_active",
+                 "listener", "negotiation_timer", "outgoing", "partial_bytes", "pending",
                  "pending_index", "pending_ms", "port", "proxy_bytes", "sock", "source", "stats",
                  "tls", "tls_handshaking", "tls_incoming", "tls_outgoing", "transport",
                  "truncated_seen")
@@ -367,7 +460,11 @@ class StreamConnection:
         self.pending_index = 0
         self.pending_ms = 0
         self.closing = False
+        self.closed = False
+        self.counted_source: bytes | None = None  # the address counted per source, if any
+        self.last_active = time.monotonic()
         self.truncated_seen = 0
+        self.partial_bytes = 0  # what the framer holds of an unfinished message
         self.proxy_bytes: bytes | None = b"" if expect_proxy else None
         self.outgoing = b""  # TLS bytes the socket did not take yet
         self.tls: ssl.SSLObject | None = None
@@ -402,6 +499,7 @@ class StreamConnection:
         if size == 0:
             self.end_of_stream()
             return
+        self.last_active = time.monotonic()
         self.receive(listener.recv_view[:size])
 
     def receive(self, data: memoryview) -> None:
@@ -452,6 +550,11 @@ class StreamConnection:
             self.source = header.source_address.encode()[: constants.MAX_SOURCE_LENGTH]
             if header.destination_port is not None:
                 self.port = header.destination_port
+            if not self.listener.claim_source(self.source):
+                self.closing = True
+                self.close()
+                return None
+            self.counted_source = self.source
         self._negotiated()
         return memoryview(buffered)[used:]
 
@@ -474,22 +577,24 @@ class StreamConnection:
             self._negotiated()
         messages: list[bytes] = []
         ended = False
+        buffer, view = self.listener.recv_buffer, self.listener.recv_view  # data is in the BIO
         while True:
             try:
-                chunk = tls.read(constants.TCP_RECV_SIZE)
+                size = tls.read(constants.TCP_RECV_SIZE, buffer)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
                 ended = True
                 break
             except (ssl.SSLError, OSError) as error:
+                self.listener.counters.tls_errors += 1
                 self.listener.problems.warning("TLS error", f"{self.peer}: {_tls_reason(error)}")
                 ended = True
                 break
-            if not chunk:
+            if not size:
                 ended = True
                 break
-            messages.extend(self.framer.feed(chunk))
+            messages.extend(self.framer.feed(view[:size]))
         if ended:  # answer the peer's close_notify, as RFC 5425 asks
             with contextlib.suppress(ssl.SSLError, OSError):
                 tls.unwrap()
@@ -546,10 +651,18 @@ class StreamConnection:
 
     # --- delivery with back-pressure -----------------------------------------------------
     def deliver(self, messages: list[bytes]) -> None:
-        truncated = self.framer.truncated
+        framer = self.framer
+        truncated = framer.truncated
         if truncated != self.truncated_seen:
             self.stats.truncated += truncated - self.truncated_seen
             self.truncated_seen = truncated
+        partial = framer.buffered
+        if partial != self.partial_bytes:
+            listener = self.listener
+            listener.partial_bytes += partial - self.partial_bytes
+            self.partial_bytes = partial
+            if listener.partial_bytes > constants.PARTIAL_MESSAGE_BUDGET:
+                listener.shed_partial_messages()
         if not messages:
             return
         if self.listener.config.gelf:  # invalid JSON is relayed all the same, and counted
@@ -616,6 +729,11 @@ class StreamConnection:
             self.close()
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = self.closing = True
+        self.listener.partial_bytes -= self.partial_bytes
+        self.partial_bytes = 0
         if self.negotiation_timer is not None:
             self.negotiation_timer.cancel()
             self.negotiation_timer = None

@@ -37,3 +37,13 @@ class RateLimitedLog:
         suppressed = self._suppressed.pop(what, 0)
         more = f" ({suppressed} more since the last report)" if suppressed else ""
         self._logger.warning("%s%s%s", what, f": {detail}" if detail else "", more)
+
+    def flush(self, force: bool = False) -> None:
+        """Reports the problems counted but not logged in a window that has ended (or in
+        every window, when force is set: at shutdown), so the log adds up to the counters."""
+        now = time.monotonic()
+        for what, suppressed in list(self._suppressed.items()):
+            if force or now - self._last[what] >= self._interval:
+                del self._suppressed[what]
+                self._last[what] = now
+                self._logger.warning("%s: %d more since the last report", what, suppressed)

@@ -67,6 +67,9 @@ GELF_CHUNKS_DROPPED = Counter("kinesyslog_gelf_chunks_dropped",
                               "GELF chunks or pending messages discarded", ["reason"])
 GELF_INVALID_JSON = Counter("kinesyslog_gelf_invalid_json",
                             "GELF messages that are not a JSON object (relayed all the same)")
+SPOOL_WRITE_ERRORS = Counter("kinesyslog_spool_write_errors",
+                             "Failed writes to the spool directory (retried), by errno",
+                             ["errno"])
 EVENTS_SPOOLED = Counter("kinesyslog_events_spooled", "Events written into spooled records")
 UPLOAD_SECONDS = Histogram("kinesyslog_upload_seconds", "PutRecordBatch call duration",
                            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))

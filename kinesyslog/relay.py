@@ -9,7 +9,9 @@ let the uploader drain the spool until --shutdown-timeout.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import hashlib
 import logging
 import os
 import select
@@ -34,6 +36,7 @@ from kinesyslog.listeners import (
     udp_kernel_drops,
 )
 from kinesyslog.logs import setup_logging
+from kinesyslog.shared import SharedState
 from kinesyslog.spool import Spool
 from kinesyslog.tls import TlsContextHolder
 
@@ -43,7 +46,11 @@ STATS_INTERVAL = 60.0
 METRICS_INTERVAL = 1.0
 STATUS_INTERVAL = 10.0
 GELF_EXPIRY_INTERVAL = 0.5
+PROBLEM_LOG_INTERVAL = 10.0
 METRICS_DIR_NAME = ".metrics"
+METRICS_SHM_DIR = Path("/dev/shm")
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_ALLOCATION = 32 * 1024
 
 
 def set_title(title: str) -> None:
@@ -54,6 +61,24 @@ def set_title(title: str) -> None:
     setproctitle.setproctitle(title)
 
 
+def limit_heap_retention() -> None:
+    """Makes glibc serve allocations of LARGE_ALLOCATION bytes or more with their own memory
+    maps, returned to the system when freed.
+
+    Otherwise a burst of long messages (or of connections that each held one) leaves the
+    listener's heap hundreds of MB larger for good: freed chunks between live ones cannot
+    be given back. The listener's reads go into preallocated buffers, so its hot paths make
+    no allocation that large. Called in the listener only, after the worker and uploader
+    (which build large records) are forked."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    if not mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION):
+        log.debug("mallopt(M_MMAP_THRESHOLD) refused; the heap keeps its default policy")
+
+
 def fork_child(role: str, body: Callable[[], int], debug: bool) -> int:
     """Forks a child that runs body() and exits with its return value, never returning."""
     sys.stdout.flush()
@@ -61,14 +86,14 @@ def fork_child(role: str, body: Callable[[], int], debug: bool) -> int:
     pid = os.fork()
     if pid:
         return pid
-    code = 70
+    code = constants.EX_SOFTWARE
     try:
         setup_logging(debug, role)
         set_title(f"kinesyslog: {role}")
         code = body()
     except BaseException:
         logging.getLogger(f"kinesyslog.{role}").exception("%s failed", role)
-        code = 70
+        code = constants.EX_SOFTWARE
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -145,7 +170,8 @@ def read_status(fd: int, timeout: float) -> str:
 class Supervisor:
     """The listener process: owns the sockets and watches the two children."""
 
-    def __init__(self, config: Config, ring: Ring, uploader_pid: int, worker_pid: int) -> None:
+    def __init__(self, config: Config, ring: Ring, uploader_pid: int, worker_pid: int,
+                 shared: SharedState) -> None:
         from kinesyslog.metrics import DeltaPublisher
         from kinesyslog.systemd import Notifier
 
@@ -157,6 +183,7 @@ class Supervisor:
         self._spool_checked = (0.0, 0)
         self._spool_lock = threading.Lock()
         self.ring = ring
+        self.shared = shared
         self.children = {worker_pid: "worker", uploader_pid: "uploader"}
         self.worker_pid = worker_pid
         self.uploader_pid = uploader_pid
@@ -175,8 +202,11 @@ class Supervisor:
         self.loop.call_every(STATS_INTERVAL, self.log_stats)
         self.loop.call_every(METRICS_INTERVAL, self.publish_metrics)
         self.loop.call_every(GELF_EXPIRY_INTERVAL, listener.expire_gelf_chunks)
+        self.loop.call_every(constants.IDLE_CHECK_INTERVAL, listener.expire_idle)
+        self.loop.call_every(PROBLEM_LOG_INTERVAL, listener.problems.flush)
         if self.notifier.enabled:
             self.loop.call_every(STATUS_INTERVAL, self.report_status)
+        limit_heap_retention()
         listener.start()
         log.info("kinesyslog ready: %d listener(s)", len(listener.sockets))
         self.notifier.ready()
@@ -244,6 +274,11 @@ class Supervisor:
         add(metrics.MESSAGES_DROPPED, counters.incomplete_dropped, "incomplete_frame")
         add(metrics.MESSAGES_DROPPED, counters.empty_datagrams, "empty_datagram")
         add(metrics.CONNECTIONS_REJECTED, counters.connections_refused, "max_connections")
+        add(metrics.CONNECTIONS_REJECTED, counters.connections_refused_per_source,
+            "max_connections_per_source")
+        add(metrics.CONNECTIONS_REJECTED, counters.idle_closed, "idle_timeout")
+        add(metrics.CONNECTIONS_REJECTED, counters.tls_errors, "tls_error")
+        add(metrics.CONNECTIONS_REJECTED, counters.buffer_limit_closed, "buffer_limit")
         add(metrics.CONNECTIONS_REJECTED, counters.tls_handshake_failed, "tls_handshake")
         add(metrics.CONNECTIONS_REJECTED, counters.proxy_rejected, "proxy_header")
         add(metrics.CONNECTIONS_REJECTED, counters.negotiation_timeout, "negotiation_timeout")
@@ -267,6 +302,9 @@ class Supervisor:
         for role in ("worker", "uploader"):
             if role not in self.children.values():
                 return f"the {role} process is not running"
+        problem = self.shared.spool_write_problem()
+        if problem is not None:
+            return problem
         with self._spool_lock:
             checked, spooled = self._spool_checked
             if time.monotonic() - checked > 1.0:
@@ -280,12 +318,13 @@ class Supervisor:
     def log_stats(self) -> None:
         c = self.counters
         log.info("received %d messages (%d bytes), %d truncated, %d UDP dropped (ring full), "
-                 "%d incomplete dropped, %d connections open, %d refused (max), "
-                 "%d TLS handshakes failed, %d PROXY headers rejected, %d negotiation "
-                 "timeouts, ring %d%% full",
+                 "%d incomplete dropped, %d connections open, %d refused (max), %d refused "
+                 "(max per source), %d closed idle, %d TLS handshakes failed, %d TLS errors, "
+                 "%d PROXY headers rejected, %d negotiation timeouts, ring %d%% full",
                  c.messages, c.message_bytes, c.truncated, c.udp_dropped_ring_full,
                  c.incomplete_dropped, c.connections_open, c.connections_refused,
-                 c.tls_handshake_failed, c.proxy_rejected, c.negotiation_timeout,
+                 c.connections_refused_per_source, c.idle_closed, c.tls_handshake_failed,
+                 c.tls_errors, c.proxy_rejected, c.negotiation_timeout,
                  100 * self.ring.uncommitted_bytes // self.ring.capacity)
 
     def shutdown(self) -> int:
@@ -296,6 +335,7 @@ class Supervisor:
             listener.drain_datagrams()
             listener.drain_connections(deadline)
         listener.close()
+        listener.problems.flush(force=True)
         self.ring.close_producer()
         self.wait_for("worker", self.worker_pid, deadline + constants.WORKER_FLUSH_GRACE)
         self.signal_child(self.uploader_pid, signal.SIGUSR1)  # nothing new will be spooled
@@ -359,13 +399,29 @@ def start_uploader(config: Config) -> tuple[int, int, str]:
     return pid, wake_write, detail
 
 
-def prepare_metrics(config: Config) -> None:
+def metrics_dir(config: Config) -> Path:
+    """Where prometheus_client keeps each process's values: memory-backed when possible.
+
+    Its files are sparse memory maps; on the spool's file system, a full disk would turn the
+    first write to a new page into SIGBUS. systemd's RuntimeDirectory= (/run/kinesyslog) or
+    /dev/shm are tmpfs; the name is unique per spool, which one relay holds locked."""
+    name = f"kinesyslog-metrics-{hashlib.sha256(bytes(config.spool_dir)).hexdigest()[:16]}"
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    for base in (Path(runtime) if runtime else None, METRICS_SHM_DIR):
+        if base is not None and base.is_dir() and os.access(base, os.W_OK | os.X_OK):
+            return base / name
+    return config.spool_dir / METRICS_DIR_NAME
+
+
+def prepare_metrics(config: Config) -> Path | None:
     """Switches prometheus_client to multiprocess mode (before anything imports it)."""
-    if config.prometheus_ports:
-        directory = config.spool_dir / METRICS_DIR_NAME
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(mode=0o750)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    if not config.prometheus_ports:
+        return None
+    directory = metrics_dir(config)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o750)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return directory
 
 
 def serve_metrics(config: Config, health: Callable[[], str | None]) -> list[Any]:
@@ -389,13 +445,28 @@ def run(config: Config) -> int:
     set_title("kinesyslog: listener")
     spool = Spool(config.spool_dir)
     lock_fd = lock_spool(config.spool_dir)
-    prepare_metrics(config)
+    metrics_directory = prepare_metrics(config)
+    try:
+        return _run_locked(config, spool)
+    finally:
+        if metrics_directory is not None:
+            shutil.rmtree(metrics_directory, ignore_errors=True)
+        os.close(lock_fd)
+
+
+def _run_locked(config: Config, spool: Spool) -> int:
     from kinesyslog.metrics import start_serving
     from kinesyslog.worker import worker_main
     removed = spool.remove_stale_temp_files()
     if removed:
         log.info("removed %d unfinished spool file(s) of an earlier run", removed)
-    ring = open_ring(config, spool)
+    try:
+        ring = open_ring(config, spool)
+    except OSError as error:
+        log.error("--spool-dir %s: cannot create the ring file %s (%s); free space or fix "
+                  "the directory", config.spool_dir, config.ring_path, error.strerror)
+        return constants.EX_CANTCREAT
+    shared = SharedState()
 
     tls = TlsContextHolder(config)
     if tls.context is None:
@@ -426,14 +497,14 @@ def run(config: Config) -> int:
             bound.sock.close()
         for server in servers:
             server.socket.close()
-        return worker_main(config, ring, owner, wake_fd, parent_pid)
+        return worker_main(config, ring, owner, wake_fd, parent_pid, shared)
 
     # SIGUSR1 (drain) may come before the worker installed its handler: keep it pending.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     worker_pid = fork_child("worker", worker_body, config.debug)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     os.close(wake_fd)
-    supervisor = Supervisor(config, ring, uploader_pid, worker_pid)
+    supervisor = Supervisor(config, ring, uploader_pid, worker_pid, shared)
     listener = Listener(supervisor.loop, sockets, ring, config, supervisor.counters, tls)
     supervisors.append(supervisor)
     for server in servers:
@@ -443,5 +514,4 @@ def run(config: Config) -> int:
         server.shutdown()
         server.server_close()
     ring.close()
-    os.close(lock_fd)
     return code

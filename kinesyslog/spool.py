@@ -11,6 +11,7 @@ listed before ours, oldest first.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -55,6 +56,15 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+class SpoolWriteError(OSError):
+    """Writing records failed after ``written`` of them were complete."""
+
+    def __init__(self, written: int, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.written = written
+        self.error = error
+
+
 def _is_record_name(name: str) -> bool:
     return name.startswith(SPOOL_RECORD_PREFIX) and name.endswith(SPOOL_RECORD_SUFFIX)
 
@@ -65,26 +75,41 @@ class Spool:
         self.directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
 
     def write_records(self, records: list[bytes]) -> list[Path]:
-        """Writes each record durably to its own file; returns the files in write order."""
-        paths = []
-        for record in records:
-            temporary, final = _next_name()
-            temp_path = self.directory / temporary
-            fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-            try:
-                with os.fdopen(fd, "wb") as file:
-                    file.write(record)
-                    file.flush()
-                    os.fsync(file.fileno())
-                path = self.directory / final
-                os.rename(temp_path, path)
-            except BaseException:
-                temp_path.unlink(missing_ok=True)
-                raise
-            paths.append(path)
+        """Writes each record durably to its own file; returns the files in write order.
+
+        On an OSError (disk full, quota, I/O error) the unfinished file is removed and
+        SpoolWriteError tells how many records were written before it."""
+        paths: list[Path] = []
+        try:
+            for record in records:
+                paths.append(self._write_one(record))
+        except OSError as error:
+            if paths:
+                with contextlib.suppress(OSError):  # made durable by the retry's fsync
+                    fsync_directory(self.directory)
+            raise SpoolWriteError(len(paths), error) from error
         if paths:
-            fsync_directory(self.directory)
+            try:
+                fsync_directory(self.directory)
+            except OSError as error:
+                raise SpoolWriteError(len(paths), error) from error
         return paths
+
+    def _write_one(self, record: bytes) -> Path:
+        temporary, final = _next_name()
+        temp_path = self.directory / temporary
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(record)
+                file.flush()
+                os.fsync(file.fileno())
+            path = self.directory / final
+            os.rename(temp_path, path)
+        except BaseException:
+            temp_path.unlink(missing_ok=True)
+            raise
+        return path
 
     def pending(self) -> list[Path]:
         """Records awaiting upload, oldest first: 2.0.1's files (by mtime), then ours (by name)."""

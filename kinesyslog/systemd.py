@@ -117,6 +117,8 @@ def render_unit(executable: str, user: str | None) -> str:
         f"ExecStart={exec_start}",
         "ExecReload=/bin/kill -HUP $MAINPID",
         _environment_line("KINESYSLOG_SPOOL_DIR", SYSTEM_SPOOL_DIR),
+        "RuntimeDirectory=kinesyslog",  # metrics files in memory, never on a full disk
+        "RuntimeDirectoryMode=0750",
         *run_as,
         "KillMode=mixed",
         f"TimeoutStopSec={int(DEFAULT_SHUTDOWN_TIMEOUT) + SYSTEMD_STOP_MARGIN}",

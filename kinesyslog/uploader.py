@@ -2,7 +2,11 @@
 
 A spool file is deleted only after Firehose returned a RecordId for its record. Failed
 records stay spooled and are retried oldest first after a capped exponential back-off with
-jitter. boto3 is imported only in Firehose mode: --output-dir makes no AWS access at all.
+jitter. After a call in which every record failed (an outage, throttling, 5xx), the next
+calls carry one record only, a cheap probe, until one succeeds: an outage of any length
+costs Firehose a small request every few seconds, and delivery resumes at full speed within
+one back-off (RETRY_MAX_DELAY) of Firehose's return. boto3 is imported only in Firehose
+mode: --output-dir makes no AWS access at all.
 """
 
 from __future__ import annotations
@@ -33,19 +37,24 @@ from kinesyslog.constants import (
     GZIP_MIN_MEMBER_BYTES,
     OUTPUT_DIR_OWNER,
     OWNER_CACHE_FILE,
+    QUARANTINE_RETRY_DELAY,
     RETRY_BASE_DELAY,
     RETRY_MAX_DELAY,
+    RETRY_PERMANENT_DELAY,
     SPOOL_LEGACY_PREFIX,
     SPOOL_TEMP_PREFIX,
     STARTUP_CHECK_TIMEOUT,
     UPLOADER_RESCAN_INTERVAL,
 )
+from kinesyslog.shared import errno_name
 from kinesyslog.spool import Spool, fsync_directory
 
 log = logging.getLogger("kinesyslog.uploader")
 SPOOL_GAUGE_INTERVAL = 2.0
+FAILURE_LOG_INTERVAL = 30.0  # one warning per kind of failure at most this often
 
-# Error codes that retrying cannot fix: the data stays spooled, retried at the longest delay.
+# Error codes that retrying cannot fix: the data stays spooled, retried every
+# RETRY_PERMANENT_DELAY.
 _CREDENTIAL_ERRORS = frozenset({
     "UnrecognizedClientException", "InvalidClientTokenId", "InvalidSignatureException",
     "SignatureDoesNotMatch", "ExpiredTokenException", "ExpiredToken", "IncompleteSignature",
@@ -208,10 +217,13 @@ def get_owner(sts: Any, spool_dir: Path) -> str:
         log.warning("could not read the AWS account id (sts:GetCallerIdentity: %s); records "
                     "name owner %s", error, owner)
         return owner
-    if not cache.exists() or cache.read_text().strip() != owner:
-        temporary = cache.with_name(f"{SPOOL_TEMP_PREFIX}{OWNER_CACHE_FILE}")
-        temporary.write_text(owner + "\n")
-        os.replace(temporary, cache)
+    try:
+        if not cache.exists() or cache.read_text().strip() != owner:
+            temporary = cache.with_name(f"{SPOOL_TEMP_PREFIX}{OWNER_CACHE_FILE}")
+            temporary.write_text(owner + "\n")
+            os.replace(temporary, cache)
+    except OSError as error:  # a full disk must not stop the relay; only the cache is stale
+        log.warning("could not keep the account id in %s: %s", cache, error)
     return owner
 
 
@@ -365,8 +377,10 @@ class Uploader:
         self.batches = 0
         self._retry: deque[Path] = deque()  # failed records, oldest first
         self._queue: deque[Path] = deque()  # from the last look at the spool
-        self._stuck: set[Path] = set()  # invalid files that could not be moved away
+        # Invalid files that could not be moved away (a full disk, say): skipped until then.
+        self._stuck: dict[Path, float] = {}
         self._failures = 0  # consecutive batches with a failure
+        self._probing = False  # the last call delivered nothing: send one record at a time
         self._not_before = 0.0
         self._last_logged: dict[str, float] = {}
         # Zero samples, so that alerts on these counters see 0 rather than no data.
@@ -380,8 +394,9 @@ class Uploader:
         if now < self._not_before:
             return self._not_before - now
         if not self._retry and not self._queue:
+            self._forget_stuck(now)
             self._queue.extend(p for p in self.spool.pending() if p not in self._stuck)
-        batch = self._take_batch()
+        batch = self._take_batch(1 if self._probing else FIREHOSE_MAX_BATCH_RECORDS)
         if not batch:
             return UPLOADER_RESCAN_INTERVAL
         started = time.monotonic()
@@ -401,6 +416,7 @@ class Uploader:
                 failed.append(path)
                 codes.append(code)
         metrics.RECORDS_DELIVERED.inc(len(batch) - len(failed))
+        self._probing = len(failed) == len(batch)
         if not failed:
             self._failures = 0
             return 0.0
@@ -427,17 +443,23 @@ class Uploader:
         """Records still awaiting upload (not counting invalid files that could not be moved)."""
         return sum(1 for path in self.spool.pending() if path not in self._stuck)
 
+    def _forget_stuck(self, now: float) -> None:
+        """Files whose move to corrupt/ failed are tried again once their delay is over."""
+        for path, retry_at in list(self._stuck.items()):
+            if now >= retry_at:
+                del self._stuck[path]
+
     def _backoff(self, codes: list[str]) -> float:
         if any(is_permanent_error(code) for code in codes):
-            return RETRY_MAX_DELAY
+            return RETRY_PERMANENT_DELAY
         # Full jitter between the base delay and a cap that doubles with each failure.
         cap = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** min(self._failures, 32))
         return RETRY_BASE_DELAY + self.rand() * (cap - RETRY_BASE_DELAY)
 
-    def _take_batch(self) -> list[tuple[Path, bytes]]:
+    def _take_batch(self, max_records: int) -> list[tuple[Path, bytes]]:
         batch: list[tuple[Path, bytes]] = []
         size = 0
-        while len(batch) < FIREHOSE_MAX_BATCH_RECORDS:
+        while len(batch) < max_records:
             source = self._retry if self._retry else self._queue
             if not source:
                 break
@@ -462,15 +484,17 @@ class Uploader:
         try:
             self.spool.quarantine(path, reason)
         except OSError as error:
+            metrics.SPOOL_WRITE_ERRORS.labels(errno_name(error.errno or 0)).inc()
             log.error("spool file %s is not a valid record (%s) and could not be moved away "
-                      "(%s); it is skipped", path, reason, error)
-            self._stuck.add(path)
+                      "(%s); it is skipped, and moved when tried again in %.0f s", path, reason,
+                      error, QUARANTINE_RETRY_DELAY)
+            self._stuck[path] = self.clock() + QUARANTINE_RETRY_DELAY
 
     def _log_failure(self, sent: int, codes: list[str], delay: float) -> None:
         summary = ", ".join(f"{count}x {code}" for code, count in Counter(codes).most_common())
         key = ",".join(sorted(set(codes)))
         now = self.clock()
-        if now - self._last_logged.get(key, -RETRY_MAX_DELAY) < RETRY_MAX_DELAY:
+        if now - self._last_logged.get(key, -FAILURE_LOG_INTERVAL) < FAILURE_LOG_INTERVAL:
             log.debug("%d of %d records failed (%s); retry in %.1f s", len(codes), sent,
                       summary, delay)
             return

@@ -3,6 +3,11 @@
 The worker commits its ring read position only after every event it read is in a durable
 spool file. All buffers are flushed together, so a flush leaves nothing read-but-unspooled
 and the commit can cover everything read so far.
+
+A spool that cannot be written (disk full, quota, I/O error) is back-pressure, not an exit:
+the records built stay in memory, the ring stays uncommitted, nothing more is read (so the
+ring fills, TCP senders wait and UDP datagrams are dropped and counted), and the write is
+retried with back-off until it succeeds.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from kinesyslog._fast.events import EventBuffers, IdGenerator, new_id_prefix
 from kinesyslog._fast.syslog import TimestampExtractor
 from kinesyslog.config import Config
 from kinesyslog.records import build_records
-from kinesyslog.spool import Spool
+from kinesyslog.shared import SharedState, errno_name
+from kinesyslog.spool import Spool, SpoolWriteError
 
 if TYPE_CHECKING:
     from kinesyslog._fast.ring import Ring
@@ -28,12 +34,17 @@ log = logging.getLogger("kinesyslog.worker")
 READ_BATCH = 4096
 IDLE_SLEEP = 0.005
 SPOOL_CHECK_INTERVAL = 1.0
+SPOOL_RETRY_FIRST_DELAY = 0.1
+SPOOL_RETRY_MAX_DELAY = 2.0  # a freed disk is noticed within this
+SPOOL_ERROR_LOG_INTERVAL = 30.0
 FORMAT_NAMES = {constants.KIND_SYSLOG: "syslog", constants.KIND_GELF: "gelf"}
 
 
 class Worker:
-    def __init__(self, config: Config, ring: Ring, owner: str, wake_fd: int) -> None:
+    def __init__(self, config: Config, ring: Ring, owner: str, wake_fd: int,
+                 shared: SharedState) -> None:
         self.config = config
+        self.shared = shared
         self.ring = ring
         self.owner = owner
         self.wake_fd = wake_fd
@@ -48,9 +59,25 @@ class Worker:
         self.next_spool_check = 0.0
         self.records_written = 0
         self.events_written = 0
+        # Records built from the buffers that the spool did not take yet, and their events.
+        self.unwritten: list[bytes] = []
+        self.unwritten_events = 0
+        self.retry_delay = 0.0
+        self.retry_at = 0.0
+        self.error_logged_at = 0.0
+        self.failing_since = 0.0
 
     def run(self, parent_pid: int) -> int:
         while True:
+            if self.unwritten:  # the spool refused a write: nothing more is read meanwhile
+                if os.getppid() != parent_pid:
+                    log.error("the listener process is gone while the spool cannot be written; "
+                              "the unspooled events stay in the ring for the next start")
+                    return 1
+                time.sleep(max(0.0, min(self.retry_at - time.monotonic(), IDLE_SLEEP * 20)))
+                if time.monotonic() >= self.retry_at:
+                    self.flush()
+                continue
             if self._spool_has_room():
                 entries = self.ring.read_batch(READ_BATCH)
                 if entries:
@@ -63,7 +90,8 @@ class Worker:
                 continue
             listener_gone = os.getppid() != parent_pid
             if (self.ring.producer_closed or listener_gone) and self.ring.pending_bytes == 0:
-                self.flush()
+                if not self.flush():
+                    continue  # retried in the loop above
                 if listener_gone:
                     log.error("the listener process is gone; worker exits after spooling")
                     return 1
@@ -95,25 +123,67 @@ class Worker:
             log.info("spool drained to %d bytes: intake resumes", spooled)
         return not self.spool_full
 
-    def flush(self) -> None:
-        """Spools every buffer durably, then commits the ring position."""
-        groups = self.buffers.take()
-        if groups:
+    def flush(self) -> bool:
+        """Spools every buffer durably, then commits the ring position. False when the spool
+        refused a write: the records wait in memory for the retry, the ring uncommitted."""
+        if not self.unwritten:
+            groups = self.buffers.take()
             prefix = self.config.group_prefix
-            records: list[bytes] = []
             for (kind, port, source), events in groups:
                 group = f"{prefix}/{FORMAT_NAMES[kind]}/{port}"
-                records.extend(build_records(self.owner, group, source.decode(), events))
-                self.events_written += len(events)
-            self.spool.write_records(records)
+                self.unwritten.extend(build_records(self.owner, group, source.decode(), events))
+                self.unwritten_events += len(events)
+        records = self.unwritten
+        if records:
+            try:
+                self.spool.write_records(records)
+            except SpoolWriteError as error:
+                self._spool_write_failed(error)
+                return False
+            if self.retry_delay:
+                self._spool_writable_again()
             for record in records:
                 metrics.RECORD_BYTES.observe(len(record))
-            metrics.EVENTS_SPOOLED.inc(sum(len(events) for _, events in groups))
+            metrics.EVENTS_SPOOLED.inc(self.unwritten_events)
+            self.events_written += self.unwritten_events
             self.records_written += len(records)
             self.spooled_bytes += sum(len(record) for record in records)
+            self.unwritten = []
+            self.unwritten_events = 0
         self.ring.commit()
-        if groups:
+        if records:
             self._wake_uploader()
+        return True
+
+    def _spool_write_failed(self, error: SpoolWriteError) -> None:
+        written = self.unwritten[:error.written]
+        del self.unwritten[:error.written]  # those are in the spool; the rest is retried
+        self.records_written += len(written)
+        self.spooled_bytes += sum(len(record) for record in written)
+        if written:
+            self._wake_uploader()
+        name = errno_name(error.errno or 0)
+        metrics.SPOOL_WRITE_ERRORS.labels(name).inc()
+        self.shared.spool_write_failed(error.errno or 0)
+        if not self.retry_delay:
+            self.failing_since = time.monotonic()
+        self.retry_delay = min(SPOOL_RETRY_MAX_DELAY,
+                               max(SPOOL_RETRY_FIRST_DELAY, 2 * self.retry_delay))
+        self.retry_at = time.monotonic() + self.retry_delay
+        now = time.monotonic()
+        if now - self.error_logged_at >= SPOOL_ERROR_LOG_INTERVAL:
+            self.error_logged_at = now
+            log.error("cannot write to the spool %s (%s: %s): %d record(s) wait in memory and "
+                      "intake is paused (TCP senders wait, UDP is dropped and counted) until "
+                      "it can; retrying every %.1f s at most", self.config.spool_dir, name,
+                      error.strerror, len(self.unwritten), SPOOL_RETRY_MAX_DELAY)
+
+    def _spool_writable_again(self) -> None:
+        log.info("the spool can be written again after %.1f s; intake resumes",
+                 time.monotonic() - self.failing_since)
+        self.shared.spool_write_succeeded()
+        self.retry_delay = 0.0
+        self.error_logged_at = 0.0
 
     def _wake_uploader(self) -> None:
         # A full pipe holds wake-ups already: the uploader will look anyway.
@@ -121,7 +191,8 @@ class Worker:
             os.write(self.wake_fd, b"\x01")
 
 
-def worker_main(config: Config, ring: Ring, owner: str, wake_fd: int, parent_pid: int) -> int:
+def worker_main(config: Config, ring: Ring, owner: str, wake_fd: int, parent_pid: int,
+                shared: SharedState) -> int:
     # The listener decides when the worker stops (by closing the ring's producer side);
     # terminal Ctrl-C and systemd's SIGTERM to the whole group must not cut a flush short.
     # SIGUSR1 from the listener: shutdown has begun. The spool cap must not stop the worker
@@ -129,7 +200,7 @@ def worker_main(config: Config, ring: Ring, owner: str, wake_fd: int, parent_pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # TLS reloads are the listener's business
-    worker = Worker(config, ring, owner, wake_fd)
+    worker = Worker(config, ring, owner, wake_fd, shared)
 
     def drain(signum: int, frame: object) -> None:
         worker.draining = True

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kinesyslog import spool as spool_module
-from kinesyslog.spool import Spool
+from kinesyslog.spool import Spool, SpoolWriteError
 
 NAME = re.compile(r"^record-\d{20}-\d{6}\.gz$")
 
@@ -75,6 +76,27 @@ def test_failed_write_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.Mo
         spool.write_records([b"record"])
     assert os.listdir(tmp_path) == []
 
+
+
+def test_a_write_that_fails_midway_says_how_many_records_are_complete(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path)
+    real_fsync = os.fsync
+    files_synced = []
+
+    def full_after_two(fd: int) -> None:
+        if not os.path.isdir(f"/proc/self/fd/{fd}"):
+            files_synced.append(fd)
+            if len(files_synced) > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(spool_module.os, "fsync", full_after_two)
+    with pytest.raises(SpoolWriteError) as raised:
+        spool.write_records([b"one", b"two", b"three", b"four"])
+    assert (raised.value.written, raised.value.errno) == (2, errno.ENOSPC)
+    assert sorted(path.read_bytes() for path in spool.pending()) == [b"one", b"two"]
+    assert len(os.listdir(tmp_path)) == 2  # the unfinished third file is gone
 
 def test_pending_lists_legacy_files_first_and_ignores_the_rest(tmp_path: Path) -> None:
     spool = Spool(tmp_path)

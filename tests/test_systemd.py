@@ -53,6 +53,8 @@ def test_unit_with_a_user() -> None:
         "ExecStart=/usr/bin/kinesyslog listen",
         "ExecReload=/bin/kill -HUP $MAINPID",
         'Environment="KINESYSLOG_SPOOL_DIR=/var/spool/kinesyslog"',
+        "RuntimeDirectory=kinesyslog",
+        "RuntimeDirectoryMode=0750",
         "User=kinesyslog",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",

@@ -32,6 +32,7 @@ from kinesyslog.constants import (
     GZIP_MAGIC,
     OUTPUT_DIR_OWNER,
     RETRY_MAX_DELAY,
+    RETRY_PERMANENT_DELAY,
     UPLOADER_RESCAN_INTERVAL,
 )
 from kinesyslog.records import build_records
@@ -215,9 +216,34 @@ def test_whole_call_failure_keeps_every_file(fake_firehose: FakeFirehose, tmp_pa
     assert fake_firehose.data() == []
     assert uploader.failed_attempts == 4
     clock.now += delay
-    assert uploader.step() == 0.0
+    assert uploader.step() == 0.0  # a probe: the oldest record alone
+    assert fake_firehose.data() == [gzip_record(0)]
+    assert uploader.step() == 0.0  # it worked: the rest at once
     assert fake_firehose.data() == [gzip_record(i) for i in range(4)]
+    assert batch_sizes(fake_firehose) == [4, 1, 3]
     assert spool.pending() == []
+
+
+def test_an_outage_is_probed_with_one_record_per_call(fake_firehose: FakeFirehose,
+                                                       tmp_path: Path) -> None:
+    """While Firehose refuses everything, each attempt carries one record; the first
+    success restores full batches, and every record arrives once, in order."""
+    spool = Spool(tmp_path)
+    records = [gzip_record(i) for i in range(700)]
+    put_files(spool, records)
+    fake_firehose.set_policy("PutRecordBatch", lambda n: SERVICE_UNAVAILABLE if n < 6 else None)
+    clock = FakeClock()
+    uploader = make_uploader(fake_firehose, spool, clock, rand=1.0)
+    delays = []
+    while len(fake_firehose.calls) < 6:
+        delays.append(uploader.step())
+        clock.now += delays[-1]
+    assert delays == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert batch_sizes(fake_firehose) == [500, 1, 1, 1, 1, 1]
+    assert uploader.step() == 0.0
+    drain(uploader, clock)
+    assert batch_sizes(fake_firehose) == [500, 1, 1, 1, 1, 1, 1, 500, 199]
+    assert fake_firehose.data() == records
 
 
 def test_hang_keeps_files_while_the_server_holds_the_request(
@@ -240,6 +266,7 @@ def test_hang_keeps_files_while_the_server_holds_the_request(
     assert delays[0] > 0
     assert all(p.exists() for p in paths)
     clock.now += delays[0]
+    assert uploader.step() == 0.0  # the probe
     assert uploader.step() == 0.0
     assert fake_firehose.data() == [gzip_record(0), gzip_record(1)]
 
@@ -278,7 +305,8 @@ def test_backoff_bounds_growth_and_reset(fake_firehose: FakeFirehose, tmp_path: 
         assert uploader.step() == pytest.approx(0.25)  # waiting: no call
         assert len(fake_firehose.calls) == calls
         clock.now += 0.25
-    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert delays == [1.0, 2.0, 4.0, *[RETRY_MAX_DELAY] * 5]
+    assert RETRY_MAX_DELAY == 5.0
 
     fake_firehose.set_policy("PutRecordBatch", None)
     assert uploader.step() == 0.0
@@ -316,11 +344,11 @@ def test_permanent_errors_keep_data_and_retry_at_the_longest_delay(
     clock = FakeClock()
     uploader = make_uploader(fake_firehose, spool, clock, rand=0.0)
     with caplog.at_level(logging.ERROR, logger="kinesyslog.uploader"):
-        assert uploader.step() == RETRY_MAX_DELAY
-        clock.now += RETRY_MAX_DELAY / 2
-        assert uploader.step() == RETRY_MAX_DELAY / 2
-        clock.now += RETRY_MAX_DELAY / 2
-        assert uploader.step() == RETRY_MAX_DELAY
+        assert uploader.step() == RETRY_PERMANENT_DELAY
+        clock.now += RETRY_PERMANENT_DELAY / 2
+        assert uploader.step() == RETRY_PERMANENT_DELAY / 2
+        clock.now += RETRY_PERMANENT_DELAY / 2
+        assert uploader.step() == RETRY_PERMANENT_DELAY
     assert paths[0].exists()
     assert [r.levelname for r in caplog.records] == ["ERROR", "ERROR"]  # once per retry
     assert fault.code in caplog.records[0].getMessage()
@@ -331,7 +359,7 @@ def test_unknown_stream_is_a_permanent_error(fake_firehose: FakeFirehose,
     spool = Spool(tmp_path)
     spool.write_records([gzip_record(0)])
     uploader = make_uploader(fake_firehose, spool, FakeClock(), stream="nope")
-    assert uploader.step() == RETRY_MAX_DELAY
+    assert uploader.step() == RETRY_PERMANENT_DELAY
     assert [c.outcome for c in fake_firehose.calls] == ["ResourceNotFoundException"]
 
 

@@ -25,13 +25,15 @@ non-transparent frame whose content includes those bytes.
 
 A message longer than max_message_size is delivered cut to max_message_size bytes as soon as
 that is known, counted in `truncated`, and the rest of its frame is skipped. At most
-max_message_size + 16 bytes are ever held between two feeds.
+max_message_size + 16 bytes are ever held between two feeds, in a buffer that grows only as
+far as needed (kinesyslog/_fast/partial.pxd).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcpy
+
+from kinesyslog._fast.partial cimport PartialBuffer, partial_release, partial_reserve
 
 cdef enum:
     MAX_LEN_DIGITS = 9
@@ -50,7 +52,7 @@ cdef enum State:
 
 cdef class StreamFramer:
     cdef Py_ssize_t max_size
-    cdef unsigned char* buf
+    cdef PartialBuffer partial  # holds blen bytes of the frame not delivered yet
     cdef Py_ssize_t blen
     cdef State state
     cdef Py_ssize_t need      # OCTET/OCTET_SKIP: bytes of the frame not consumed yet
@@ -65,9 +67,6 @@ cdef class StreamFramer:
         if max_message_size < 1:
             raise ValueError("max_message_size must be at least 1")
         self.max_size = max_message_size
-        self.buf = <unsigned char*>malloc(max_message_size + BUFFER_SLACK)
-        if self.buf == NULL:
-            raise MemoryError()
         self.blen = 0
         self.state = FRAME_START
         self.truncated = 0
@@ -77,7 +76,7 @@ cdef class StreamFramer:
         pass
 
     def __dealloc__(self):
-        free(self.buf)
+        partial_release(&self.partial, True)
 
     @property
     def buffered(self) -> int:
@@ -99,17 +98,18 @@ cdef class StreamFramer:
         if self.state == FRAME_START or self.state == NON_TRANSPARENT:
             # Digits never followed by SP are a non-transparent message. End of stream ends
             # the line: a CR left at its end goes, as it would before an LF.
-            if length > 0 and self.buf[length - 1] == CR:
+            if length > 0 and self.partial.data[length - 1] == CR:
                 length -= 1
             if length > self.max_size:
                 length = self.max_size
                 self.truncated += 1
             if length > 0:
-                out.append(PyBytes_FromStringAndSize(<char*>self.buf, length))
+                out.append(PyBytes_FromStringAndSize(<char*>self.partial.data, length))
         elif self.state == OCTET:
             self.incomplete_dropped += 1
         self.blen = 0
         self.state = FRAME_START
+        partial_release(&self.partial, True)
         return out
 
     cdef inline Py_ssize_t _terminator(self, const unsigned char* p, Py_ssize_t i,
@@ -134,7 +134,7 @@ cdef class StreamFramer:
         message = PyBytes_FromStringAndSize(NULL, length)
         dest = PyBytes_AS_STRING(message)
         head = self.blen if self.blen < length else length
-        memcpy(dest, self.buf, head)
+        memcpy(dest, self.partial.data, head)
         memcpy(dest + head, p, length - head)
         return message
 
@@ -159,7 +159,8 @@ cdef class StreamFramer:
                         length = length * 10 + (p[j] - 0x30)
                         j += 1
                     if j == n and j - i <= MAX_LEN_DIGITS:
-                        memcpy(self.buf, p + i, j - i)
+                        partial_reserve(&self.partial, j - i, max_size + BUFFER_SLACK)
+                        memcpy(self.partial.data, p + i, j - i)
                         self.blen = j - i
                         return 0
                     if j - i <= MAX_LEN_DIGITS and p[j] == SP:
@@ -171,13 +172,14 @@ cdef class StreamFramer:
                 # MSG-LEN digits held from an earlier feed: at most 10 more bytes decide.
                 c = p[i]
                 if 0x30 <= c <= 0x39 and self.blen < MAX_LEN_DIGITS:
-                    self.buf[self.blen] = c
+                    partial_reserve(&self.partial, self.blen + 1, max_size + BUFFER_SLACK)
+                    self.partial.data[self.blen] = c
                     self.blen += 1
                     i += 1
                 elif c == SP:
                     length = 0
                     for j in range(self.blen):
-                        length = length * 10 + (self.buf[j] - 0x30)
+                        length = length * 10 + (self.partial.data[j] - 0x30)
                     self.blen = 0
                     self._start_octet(length)
                     i += 1
@@ -188,7 +190,7 @@ cdef class StreamFramer:
                 avail = t - i
                 total = self.blen + avail
                 if total > 0:
-                    last = p[t - 1] if avail > 0 else self.buf[self.blen - 1]
+                    last = p[t - 1] if avail > 0 else self.partial.data[self.blen - 1]
                 else:
                     last = 0
                 if t < n:
@@ -204,7 +206,8 @@ cdef class StreamFramer:
                     i = t + 1
                 elif total <= max_size or (total == max_size + 1 and last == CR):
                     # A CR just past the limit may still be the CR of a CRLF.
-                    memcpy(self.buf + self.blen, p + i, avail)
+                    partial_reserve(&self.partial, total, max_size + BUFFER_SLACK)
+                    memcpy(self.partial.data + self.blen, p + i, avail)
                     self.blen = total
                     i = n
                 else:
@@ -225,7 +228,8 @@ cdef class StreamFramer:
                     i += take
                     self.state = OCTET_SKIP if self.need > 0 else FRAME_START
                 else:
-                    memcpy(self.buf + self.blen, p + i, avail)
+                    partial_reserve(&self.partial, self.blen + avail, max_size + BUFFER_SLACK)
+                    memcpy(self.partial.data + self.blen, p + i, avail)
                     self.blen += avail
                     self.need -= avail
                     i = n
@@ -240,6 +244,8 @@ cdef class StreamFramer:
                 i = t + 1 if t < n else n
                 if t < n:
                     self.state = FRAME_START
+        if self.blen == 0:
+            partial_release(&self.partial, False)
         return 0
 
     cdef inline void _start_octet(self, long long length) noexcept:

@@ -43,8 +43,9 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
 )
 from cpython.long cimport PyLong_FromUnsignedLongLong
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
+
+from kinesyslog._fast.partial cimport PartialBuffer, partial_release, partial_reserve
 
 from kinesyslog.constants import (
     GELF_CHUNK_HEADER_LENGTH,
@@ -419,7 +420,7 @@ cdef class GelfStreamFramer:
     """
 
     cdef Py_ssize_t max_size
-    cdef unsigned char* buf
+    cdef PartialBuffer partial  # holds blen bytes of the frame not delivered yet
     cdef Py_ssize_t blen
     cdef readonly long long truncated
     cdef readonly long long incomplete_dropped
@@ -434,15 +435,12 @@ cdef class GelfStreamFramer:
         if max_message_size < 1:
             raise ValueError("max_message_size must be at least 1")
         self.max_size = max_message_size
-        self.buf = <unsigned char*>malloc(max_message_size + 1)
-        if self.buf == NULL:
-            raise MemoryError()
 
     def __init__(self, Py_ssize_t max_message_size):
         pass
 
     def __dealloc__(self):
-        free(self.buf)
+        partial_release(&self.partial, True)
 
     @property
     def buffered(self) -> int:
@@ -465,13 +463,14 @@ cdef class GelfStreamFramer:
             if self.depth > 0:
                 self.incomplete_dropped += 1
             else:
-                if self.buf[length - 1] == CR:
+                if self.partial.data[length - 1] == CR:
                     length -= 1
                 if length > self.max_size:
                     length = self.max_size
                     self.truncated += 1
-                out.append(PyBytes_FromStringAndSize(<char*>self.buf, length))
+                out.append(PyBytes_FromStringAndSize(<char*>self.partial.data, length))
         self._reset()
+        partial_release(&self.partial, True)
         return out
 
     cdef inline void _reset(self) noexcept:
@@ -536,7 +535,7 @@ cdef class GelfStreamFramer:
         message = PyBytes_FromStringAndSize(NULL, length)
         dest = PyBytes_AS_STRING(message)
         head = self.blen if self.blen < length else length
-        memcpy(dest, self.buf, head)
+        memcpy(dest, self.partial.data, head)
         memcpy(dest + head, p, length - head)
         return message
 
@@ -557,7 +556,7 @@ cdef class GelfStreamFramer:
                 total = self.blen + avail
                 if t < n:
                     if p[t] == LF:
-                        last = p[t - 1] if avail > 0 else self.buf[self.blen - 1]
+                        last = p[t - 1] if avail > 0 else self.partial.data[self.blen - 1]
                         if last == CR:
                             total -= 1
                     if total > max_size:
@@ -567,7 +566,8 @@ cdef class GelfStreamFramer:
                         out.append(self._message(p + i, total))
                 elif total <= max_size + 1:
                     # One byte over may be the CR of a CRLF, removed at the LF.
-                    memcpy(self.buf + self.blen, p + i, avail)
+                    partial_reserve(&self.partial, total, max_size + 1)
+                    memcpy(self.partial.data + self.blen, p + i, avail)
                     self.blen = total
                 else:
                     out.append(self._message(p + i, max_size))
@@ -579,6 +579,8 @@ cdef class GelfStreamFramer:
                 i = t + 1
             else:
                 i = n
+        if self.blen == 0:
+            partial_release(&self.partial, False)
         return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -66,3 +67,25 @@ def test_sigint_drains_like_sigterm(tmp_path: Path) -> None:
     result = subprocess.run([*kinesyslog_command(), "dump", str(out)], capture_output=True,
                             text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.stdout == "<13>complete\n<13>unterminated tail\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_ring_that_cannot_be_created_exits_73_with_one_line(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)], check=True)
+    try:
+        relay = Relay(["--output-dir", str(tmp_path / "out"), "--spool-dir", str(full),
+                       "--address", "127.0.0.1", "--tcp-port", str(free_ports())])
+        relay.start(wait_ready=False)
+        try:
+            assert relay.wait(60) == 73, relay.log
+        finally:
+            relay.kill()
+        errors = [line for line in relay.lines if " ERROR " in line]
+        assert len(errors) == 1, relay.log
+        assert f"--spool-dir {full}: cannot create the ring file" in errors[0]
+        assert "No space left on device" in errors[0]
+        assert "Traceback" not in relay.log
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
