@@ -28,6 +28,9 @@ IDLE_CHECK_INTERVAL = 1.0
 # all connections together may hold this much memory; beyond it, the connections holding the
 # most are closed. 4096 connections could otherwise pin --max-message-size each.
 PARTIAL_MESSAGE_BUDGET = 32 * 1024 * 1024
+# TLS handshakes in progress at once (PROXY header included); each holds about 45 KB of
+# OpenSSL state once the ClientHello is in. Real senders finish in milliseconds.
+MAX_TLS_HANDSHAKES = 256
 NEGOTIATION_TIMEOUT = 10.0  # seconds for a PROXY header and TLS handshake to complete
 
 # Worker buffers (2.0.1's constants are the defaults).

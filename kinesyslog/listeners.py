@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -189,6 +190,8 @@ class Listener:
         self._per_source: dict[bytes, int] = {}  # open connections by sender address
         self._reclaim_not_before = 0.0  # no connection can give way to a new one before then
         self.partial_bytes = 0  # bytes of unfinished messages held by all framers together
+        self.handshakes = 0  # TLS handshakes in progress
+        self._handshake_queue: deque[StreamConnection] = deque()  # TLS, waiting for a slot
 
     def start(self) -> None:
         for bound in self.sockets:
@@ -303,7 +306,30 @@ class Listener:
             connection.counted_source = None if expect_proxy else source
             self.connections.add(connection)
             self.counters.connections_open = len(self.connections)
-            self.loop.add_reader(sock, connection.on_event)
+            if bound.transport == "tls":
+                self._handshake_queue.append(connection)
+                self._start_handshakes()
+            else:
+                self.loop.add_reader(sock, connection.on_event)
+
+    def _start_handshakes(self) -> None:
+        """TLS connections are read (PROXY header, handshake) only while at most
+        MAX_TLS_HANDSHAKES are in progress: a server-side handshake holds about 45 KB once
+        the ClientHello is in, so thousands of half-open ones must not run at once. The
+        others wait, unread, until a slot frees or their negotiation timeout closes them."""
+        queue = self._handshake_queue
+        while queue and self.handshakes < constants.MAX_TLS_HANDSHAKES:
+            connection = queue.popleft()
+            if connection.closed:
+                continue
+            self.handshakes += 1
+            connection.start_tls()
+            self.loop.add_reader(connection.sock, connection.on_event)
+
+    def release_handshake_slot(self, connection: StreamConnection) -> None:
+        connection.holds_handshake_slot = False
+        self.handshakes -= 1
+        self._start_handshakes()
 
     def claim_source(self, source: bytes) -> bool:
         """Counts one more connection of source; False (counted, logged) over the cap."""
@@ -440,11 +466,11 @@ class Listener:
 class StreamConnection:
     """One TCP or TLS connection: [PROXY header] → [TLS] → RFC 6587 framing → ring."""
 
-    __slots__ = ("__weakref__", "closed", "closing", "counted_source", "framer", "last_active",
-                 "listener", "negotiation_timer", "outgoing", "partial_bytes", "pending",
-                 "pending_index", "pending_ms", "port", "proxy_bytes", "sock", "source", "stats",
-                 "tls", "tls_handshaking", "tls_incoming", "tls_outgoing", "transport",
-                 "truncated_seen")
+    __slots__ = ("__weakref__", "closed", "closing", "counted_source", "framer",
+                 "holds_handshake_slot", "last_active", "listener", "negotiation_timer",
+                 "outgoing", "partial_bytes", "pending", "pending_index", "pending_ms", "port",
+                 "proxy_bytes", "sock", "source", "stats", "tls", "tls_handshaking",
+                 "tls_incoming", "tls_outgoing", "transport", "truncated_seen")
 
     def __init__(self, listener: Listener, sock: socket.socket, source: bytes, port: int,
                  transport: str, expect_proxy: bool) -> None:
@@ -467,19 +493,23 @@ class StreamConnection:
         self.partial_bytes = 0  # what the framer holds of an unfinished message
         self.proxy_bytes: bytes | None = b"" if expect_proxy else None
         self.outgoing = b""  # TLS bytes the socket did not take yet
-        self.tls: ssl.SSLObject | None = None
-        self.tls_handshaking = False
-        if transport == "tls":
-            assert listener.tls.context is not None
-            self.tls_incoming = ssl.MemoryBIO()
-            self.tls_outgoing = ssl.MemoryBIO()
-            self.tls = listener.tls.context.wrap_bio(self.tls_incoming, self.tls_outgoing,
-                                                     server_side=True)
-            self.tls_handshaking = True
+        self.tls: ssl.SSLObject | None = None  # made by start_tls, when a handshake slot is free
+        self.tls_handshaking = transport == "tls"
+        self.holds_handshake_slot = False
         self.negotiation_timer = None
-        if expect_proxy or self.tls is not None:
+        if self.negotiating:
             self.negotiation_timer = listener.loop.call_later(
                 constants.NEGOTIATION_TIMEOUT, self._negotiation_timed_out)
+
+    def start_tls(self) -> None:
+        """Called by the listener once this connection holds a handshake slot: nothing of a
+        TLS connection is read before (its PROXY header and ClientHello wait in the kernel)."""
+        context = self.listener.tls.context
+        assert context is not None
+        self.holds_handshake_slot = True
+        self.tls_incoming = ssl.MemoryBIO()
+        self.tls_outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.tls_incoming, self.tls_outgoing, server_side=True)
 
     # --- reading -------------------------------------------------------------------------
     def on_event(self) -> None:
@@ -574,6 +604,7 @@ class StreamConnection:
                 self._reject("tls_handshake_failed", "TLS handshake failed", _tls_reason(error))
                 return
             self.tls_handshaking = False
+            self.listener.release_handshake_slot(self)
             self._negotiated()
         messages: list[bytes] = []
         ended = False
@@ -734,6 +765,8 @@ class StreamConnection:
         self.closed = self.closing = True
         self.listener.partial_bytes -= self.partial_bytes
         self.partial_bytes = 0
+        if self.holds_handshake_slot:
+            self.listener.release_handshake_slot(self)
         if self.negotiation_timer is not None:
             self.negotiation_timer.cancel()
             self.negotiation_timer = None

@@ -3,6 +3,7 @@ connections are freed at once, one source cannot take every slot, idle connectio
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import socket
@@ -82,6 +83,35 @@ def make(tmp_path: Path) -> Iterator[object]:
     yield factory
     for harness in made:
         harness.close()
+
+
+def tls_handshake(harness: Harness, sock: socket.socket, ca: Path) -> ssl.SSLSocket:
+    """The client side of a handshake, taking turns with the relay's loop."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False
+    client = context.wrap_socket(sock, do_handshake_on_connect=False)
+    client.setblocking(False)
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            client.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            assert time.monotonic() < deadline
+            harness.loop.run_until(lambda: False, time.monotonic() + 0.01)
+    client.setblocking(True)
+    return client
+
+
+def client_hello() -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    client = context.wrap_bio(ssl.MemoryBIO(), outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
 
 
 def closed_by_relay(client: socket.socket) -> bool:
@@ -218,19 +248,7 @@ def test_tls_errors_after_the_handshake_are_counted(make: object, tmp_path: Path
     ca = make_ca(tmp_path, "ca")
     server = issue(ca, tmp_path, "server")
     harness = make(tls_ports=(free_port(),), cert=server.cert, key=server.key)  # type: ignore[operator]
-    context = ssl.create_default_context(cafile=str(ca.cert))
-    context.check_hostname = False
-    client = context.wrap_socket(harness.connect("tls"), do_handshake_on_connect=False)
-    client.setblocking(False)
-    deadline = time.monotonic() + WAIT
-    while True:  # the relay's loop and the client's handshake take turns
-        try:
-            client.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            assert time.monotonic() < deadline
-            harness.loop.run_until(lambda: False, time.monotonic() + 0.01)
-    client.setblocking(True)
+    client = tls_handshake(harness, harness.connect("tls"), ca.cert)
     client.sendall(b"<13>1 - h app - - - over TLS\n")
     harness.run_until(lambda: harness.messages() == [b"<13>1 - h app - - - over TLS"])
     raw = socket.socket(fileno=client.detach())  # the same connection, without TLS
@@ -263,3 +281,28 @@ def test_unfinished_messages_share_one_budget_and_the_biggest_holders_go(
     assert harness.messages() == [
         b"<13>1 - h app - - - a normal line, then half of one which ends here"]
     assert harness.counters.incomplete_dropped == harness.counters.buffer_limit_closed
+
+
+def test_half_open_tls_handshakes_wait_for_a_slot_unread(
+        make: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only MAX_TLS_HANDSHAKES run at once; the next connection is read when one ends."""
+    monkeypatch.setattr(constants, "MAX_TLS_HANDSHAKES", 2)
+    ca = make_ca(tmp_path, "ca")
+    server = issue(ca, tmp_path, "server")
+    harness = make(tls_ports=(free_port(),), cert=server.cert, key=server.key)  # type: ignore[operator]
+    hello = client_hello()
+    silent = [harness.connect("tls") for _ in range(2)]
+    for client in silent:
+        client.sendall(hello)  # then nothing more: a half-open handshake
+    harness.run_until(lambda: harness.listener.handshakes == 2)
+    waiting = harness.connect("tls")
+    harness.run_until(lambda: len(harness.listener.connections) == 3)
+    harness.loop.run_until(lambda: False, time.monotonic() + 0.1)
+    assert harness.listener.handshakes == 2
+    (queued,) = [c for c in harness.listener.connections if c.tls is None]
+    assert not harness.loop.is_reading(queued.sock)
+    silent[0].close()  # a slot frees: the waiting sender's handshake runs
+    client = tls_handshake(harness, waiting, ca.cert)
+    client.sendall(b"<13>1 - h app - - - after the wait\n")
+    harness.run_until(lambda: harness.messages() == [b"<13>1 - h app - - - after the wait"])
+    assert harness.listener.handshakes == 1  # the other silent one
