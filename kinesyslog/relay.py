@@ -51,6 +51,7 @@ METRICS_DIR_NAME = ".metrics"
 METRICS_SHM_DIR = Path("/dev/shm")
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 LARGE_ALLOCATION = 32 * 1024
+HEAP_TRIM_INTERVAL = 10.0
 
 
 def set_title(title: str) -> None:
@@ -61,22 +62,24 @@ def set_title(title: str) -> None:
     setproctitle.setproctitle(title)
 
 
-def limit_heap_retention() -> None:
+def limit_heap_retention() -> Callable[[], None] | None:
     """Makes glibc serve allocations of LARGE_ALLOCATION bytes or more with their own memory
-    maps, returned to the system when freed.
+    maps, returned to the system when freed; returns a function that gives the free memory
+    between live heap chunks back too (malloc_trim), or None where libc is not glibc.
 
-    Otherwise a burst of long messages (or of connections that each held one) leaves the
-    listener's heap hundreds of MB larger for good: freed chunks between live ones cannot
-    be given back. The listener's reads go into preallocated buffers, so its hot paths make
-    no allocation that large. Called in the listener only, after the worker and uploader
-    (which build large records) are forked."""
+    Otherwise a burst of long messages or of TLS connections leaves the listener's heap
+    hundreds of MB larger for good: freed chunks between live ones are kept. The listener's
+    reads go into preallocated buffers, so its hot paths make no allocation that large.
+    Called in the listener only, after the worker and uploader (which build large records)
+    are forked."""
     try:
         libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):  # not glibc: nothing to tune
-        return
+        return None
     if not mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION):
         log.debug("mallopt(M_MMAP_THRESHOLD) refused; the heap keeps its default policy")
+    return lambda: malloc_trim(0)
 
 
 def fork_child(role: str, body: Callable[[], int], debug: bool) -> int:
@@ -206,7 +209,9 @@ class Supervisor:
         self.loop.call_every(PROBLEM_LOG_INTERVAL, listener.problems.flush)
         if self.notifier.enabled:
             self.loop.call_every(STATUS_INTERVAL, self.report_status)
-        limit_heap_retention()
+        trim_heap = limit_heap_retention()
+        if trim_heap is not None:
+            self.loop.call_every(HEAP_TRIM_INTERVAL, trim_heap)
         listener.start()
         log.info("kinesyslog ready: %d listener(s)", len(listener.sockets))
         self.notifier.ready()
