@@ -4,11 +4,17 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 
 # What deb, rpm and test package: "release" (built in a Debian 11 root, glibc >= 2.31;
-# needs root, debootstrap and systemd-nspawn) or "executable" (the host's Python, quicker):
+# needs root, debootstrap and systemd-nspawn) or "executable" (the host's Python, quicker).
+# By default `make test` picks release as root and executable otherwise, after
+# packaging/prerequisites.sh installed (as root) or named what is missing:
 #   make test BUILD=executable
-BUILD ?= release
+ifeq ($(origin BUILD), undefined)
+BUILD_CHOSEN_BY_TEST := yes
+BUILD := $(shell [ "$$(id -u)" = 0 ] && command -v debootstrap >/dev/null \
+	&& command -v systemd-nspawn >/dev/null && echo release || echo executable)
+endif
 
-.PHONY: test lint build executable release deb rpm clean
+.PHONY: test test-with lint build executable release deb rpm clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard kinesyslog/_fast/*.pyx kinesyslog/_fast/*.pxd)
 	$(PYTHON) -m venv $(VENV)
@@ -29,16 +35,24 @@ executable: build
 release:
 	packaging/build-release.sh
 
-# dist/kinesyslog_<version>_<arch>.deb from the one-folder build (needs dpkg-deb, objdump)
+# dist/kinesyslog_<version>_<arch>.deb from the one-folder build (needs dpkg-deb, objdump;
+# without them it says so and the .deb tests skip)
 deb: build $(BUILD)
-	PYTHON=$(PY) packaging/build-deb.sh
+	@if command -v dpkg-deb >/dev/null && command -v objdump >/dev/null; then \
+		PYTHON=$(PY) packaging/build-deb.sh; else echo "deb: skipped (no dpkg-deb or objdump)"; fi
 
 # dist/kinesyslog-<version>-<release>.<arch>.rpm from the one-folder build (needs rpmbuild,
-# objdump)
+# objdump; without them it says so and the .rpm tests skip)
 rpm: build $(BUILD)
-	PYTHON=$(PY) packaging/build-rpm.sh
+	@if command -v rpmbuild >/dev/null && command -v objdump >/dev/null; then \
+		PYTHON=$(PY) packaging/build-rpm.sh; else echo "rpm: skipped (no rpmbuild or objdump)"; fi
 
-test: lint $(BUILD) deb rpm
+test:
+	@found=$$(PYTHON=$(PYTHON) packaging/prerequisites.sh) || exit 1; \
+	build=$(BUILD); [ -z "$(BUILD_CHOSEN_BY_TEST)" ] || build=$$found; \
+	$(MAKE) --no-print-directory test-with BUILD=$$build
+
+test-with: lint $(BUILD) deb rpm
 	$(PY) -m pytest -q tests fuzz
 
 clean:
