@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from kinesyslog import constants
 from kinesyslog._fast.framing import StreamFramer, frame_datagram
-from kinesyslog._fast.gelf import ChunkAssembler, GelfStreamFramer, decode_payload, is_json_object
+from kinesyslog._fast.gelf import ChunkAssembler, GelfStreamFramer, decode_payload
 from kinesyslog._fast.proxy import ProxyError
 from kinesyslog._fast.proxy import decode as decode_proxy_header
 from kinesyslog.config import Config, ConfigError
@@ -63,7 +63,6 @@ class ListenerCounters:
     proxy_rejected: int = 0
     negotiation_timeout: int = 0
     gelf_corrupt: int = 0
-    gelf_invalid_json: int = 0
 
     def port(self, transport: str, port: int) -> PortCounters:
         return self.ports.setdefault((transport, port), PortCounters(transport, port))
@@ -262,8 +261,6 @@ class Listener:
             self.problems.warning("GELF datagram with bad compressed data or nothing in it "
                                   "dropped")
             return None
-        if not is_json_object(message):
-            self.counters.gelf_invalid_json += 1  # still relayed: nothing is silently lost
         return message, status == "truncated"
 
     def expire_gelf_chunks(self) -> None:
@@ -696,9 +693,6 @@ class StreamConnection:
                 listener.shed_partial_messages()
         if not messages:
             return
-        if self.listener.config.gelf:  # invalid JSON is relayed all the same, and counted
-            self.listener.counters.gelf_invalid_json += sum(
-                1 for message in messages if not is_json_object(message))
         receive_ms = int(time.time() * 1000)
         written = self.listener.ring.write_batch(messages, 0, self.source, self.port,
                                                  self.listener.kind, receive_ms)

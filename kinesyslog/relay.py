@@ -18,7 +18,6 @@ import select
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -182,9 +181,6 @@ class Supervisor:
         self.notifier = Notifier()
         self.status_seen = (time.monotonic(), 0)
         self.publisher = DeltaPublisher()
-        self.spool = Spool(config.spool_dir)
-        self._spool_checked = (0.0, 0)
-        self._spool_lock = threading.Lock()
         self.ring = ring
         self.shared = shared
         self.children = {worker_pid: "worker", uploader_pid: "uploader"}
@@ -291,7 +287,6 @@ class Supervisor:
         kernel_drops = udp_kernel_drops(self.listener.sockets)
         if kernel_drops is not None:
             add(metrics.MESSAGES_DROPPED, kernel_drops, "udp_kernel")
-        add(metrics.GELF_INVALID_JSON, counters.gelf_invalid_json)
         chunks = self.listener.gelf_chunks
         if chunks is not None:
             for reason in ("expired", "evicted", "invalid", "duplicates", "empty", "oversized"):
@@ -310,11 +305,7 @@ class Supervisor:
         problem = self.shared.spool_write_problem()
         if problem is not None:
             return problem
-        with self._spool_lock:
-            checked, spooled = self._spool_checked
-            if time.monotonic() - checked > 1.0:
-                spooled = self.spool.usage()[1]
-                self._spool_checked = (time.monotonic(), spooled)
+        spooled = self.shared.spool_bytes()
         if spooled >= self.config.spool_max_size:
             return (f"the spool holds {spooled} bytes, over --spool-max-size "
                     f"{self.config.spool_max_size}: Firehose uploads are not keeping up")
@@ -376,7 +367,7 @@ def describe_status(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-def start_uploader(config: Config) -> tuple[int, int, str]:
+def start_uploader(config: Config, shared: SharedState) -> tuple[int, int, str]:
     """Forks the uploader; returns its pid, the write end of its wake-up pipe and the account
     id that owns the records."""
     from kinesyslog.uploader import UploaderSettings, uploader_main
@@ -389,7 +380,8 @@ def start_uploader(config: Config) -> tuple[int, int, str]:
     )
     status_read, status_write = os.pipe()
     wake_read, wake_write = os.pipe()
-    pid = fork_child("uploader", lambda: uploader_main(settings, status_write, wake_read),
+    pid = fork_child("uploader",
+                     lambda: uploader_main(settings, status_write, wake_read, shared),
                      config.debug)
     os.close(status_write)
     os.close(wake_read)
@@ -471,12 +463,12 @@ def _run_locked(config: Config, spool: Spool) -> int:
         log.error("--spool-dir %s: cannot create the ring file %s (%s); free space or fix "
                   "the directory", config.spool_dir, config.ring_path, error.strerror)
         return constants.EX_CANTCREAT
-    shared = SharedState()
 
     tls = TlsContextHolder(config)
     if tls.context is None:
         log.info("no TLS listener: TLS needs --cert and --key")
-    uploader_pid, wake_fd, owner = start_uploader(config)
+    shared = SharedState()
+    uploader_pid, wake_fd, owner = start_uploader(config, shared)
     supervisors: list[Supervisor] = []  # health answers "starting" until there is one
 
     def health() -> str | None:

@@ -162,11 +162,6 @@ class Spool:
                         continue
         return removed
 
-    def usage(self) -> tuple[int, int]:
-        """(file count, total bytes) of the records awaiting upload."""
-        count, size, _ = self.stats()
-        return count, size
-
     def stats(self) -> tuple[int, int, float | None]:
         """(file count, total bytes, oldest modification time or None), in one scan."""
         count = size = 0

@@ -46,11 +46,11 @@ from kinesyslog.constants import (
     STARTUP_CHECK_TIMEOUT,
     UPLOADER_RESCAN_INTERVAL,
 )
-from kinesyslog.shared import errno_name
+from kinesyslog.shared import SharedState, errno_name
 from kinesyslog.spool import Spool, fsync_directory
 
 log = logging.getLogger("kinesyslog.uploader")
-SPOOL_GAUGE_INTERVAL = 2.0
+SPOOL_GAUGE_INTERVAL = 1.0  # how old the spool size the other processes read may be
 FAILURE_LOG_INTERVAL = 30.0  # one warning per kind of failure at most this often
 
 # Error codes that retrying cannot fix: the data stays spooled, retried every
@@ -366,8 +366,10 @@ class Uploader:
     """Sends spooled records oldest first; ``step`` does one batch and never sleeps."""
 
     def __init__(self, spool: Spool, sink: Sink, *, clock: Callable[[], float] = time.monotonic,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 shared: SharedState | None = None) -> None:
         self.spool = spool
+        self.shared = shared or SharedState()
         self.sink = sink
         self.clock = clock
         self.rand = rand
@@ -432,8 +434,12 @@ class Uploader:
         return delay
 
     def publish_spool_gauges(self) -> None:
-        """kinesyslog_spool_count, _bytes and _age (seconds since the oldest was written)."""
+        """Scans the spool (this process is the only one that does): its size goes to the
+        other processes through SharedState, and to kinesyslog_spool_count, _bytes and
+        _age (seconds since the oldest was written)."""
+        written_before = self.shared.spool_scan_starts()
         count, size, oldest = self.spool.stats()
+        self.shared.spool_scanned(size, written_before)
         age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         metrics.SPOOL_COUNT.set(count)
         metrics.SPOOL_BYTES.set(size)
@@ -635,7 +641,8 @@ def _open_sink(settings: UploaderSettings) -> tuple[Sink, str]:
     return FirehoseSink(firehose, settings.stream), owner
 
 
-def uploader_main(settings: UploaderSettings, status_fd: int, wake_fd: int) -> int:
+def uploader_main(settings: UploaderSettings, status_fd: int, wake_fd: int,
+                  shared: SharedState | None = None) -> int:
     """The uploader process. Writes ``READY <owner>`` or ``FATAL <message>`` to ``status_fd``,
     then uploads until shut down. Returns the exit status."""
     _set_title()
@@ -651,10 +658,11 @@ def uploader_main(settings: UploaderSettings, status_fd: int, wake_fd: int) -> i
         except OSError as error:
             _write_status(status_fd, f"FATAL --spool-dir {settings.spool_dir}: {error.strerror}")
             return EX_CONFIG
-        _write_status(status_fd, f"READY {owner}")
         if isinstance(sink, FirehoseSink):
             sink = _InterruptibleSink(sink, signals)
-        uploader = Uploader(spool, sink)
+        uploader = Uploader(spool, sink, shared=shared)
+        uploader.publish_spool_gauges()  # the spool's size is known before the worker starts
+        _write_status(status_fd, f"READY {owner}")
         os.set_blocking(wake_fd, False)
         return _run(uploader, wake_fd, parent, signals)
     finally:

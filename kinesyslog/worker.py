@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("kinesyslog.worker")
 READ_BATCH = 4096
 IDLE_SLEEP = 0.005
-SPOOL_CHECK_INTERVAL = 1.0
 SPOOL_RETRY_FIRST_DELAY = 0.1
 SPOOL_RETRY_MAX_DELAY = 2.0  # a freed disk is noticed within this
 SPOOL_ERROR_LOG_INTERVAL = 30.0
@@ -55,8 +54,6 @@ class Worker:
         self.flush_age_ms = int(config.flush_interval * 1000)
         self.spool_full = False
         self.draining = False  # shutting down: take everything, whatever the spool holds
-        self.spooled_bytes = 0
-        self.next_spool_check = 0.0
         self.records_written = 0
         self.events_written = 0
         # Records built from the buffers that the spool did not take yet, and their events.
@@ -66,6 +63,7 @@ class Worker:
         self.retry_at = 0.0
         self.error_logged_at = 0.0
         self.failing_since = 0.0
+        self.gelf_invalid_seen = 0
 
     def run(self, parent_pid: int) -> int:
         while True:
@@ -82,6 +80,7 @@ class Worker:
                 entries = self.ring.read_batch(READ_BATCH)
                 if entries:
                     self.buffers.add_batch(entries)
+                    self._count_invalid_gelf()
             else:
                 entries = []
             if self.buffers.event_count and self._flush_due():
@@ -98,21 +97,22 @@ class Worker:
                 return 0
             time.sleep(IDLE_SLEEP)
 
+    def _count_invalid_gelf(self) -> None:
+        invalid = self.buffers.gelf_invalid_json
+        if invalid != self.gelf_invalid_seen:
+            metrics.GELF_INVALID_JSON.inc(invalid - self.gelf_invalid_seen)
+            self.gelf_invalid_seen = invalid
+
     def _flush_due(self) -> bool:
         if self.buffers.total_bytes >= self.flush_size:
             return True
         return time.time() * 1000 - self.buffers.oldest_receive_ms >= self.flush_age_ms
 
     def _spool_has_room(self) -> bool:
-        """Checks the spool against --spool-max-size: the bytes this worker wrote count at
-        once; a directory scan (which also sees the uploader's deletions) once a second."""
+        """Checks the spool against --spool-max-size (its size is kept in SharedState)."""
         if self.draining:
             return True
-        now = time.monotonic()
-        if now >= self.next_spool_check:
-            self.next_spool_check = now + SPOOL_CHECK_INTERVAL
-            _, self.spooled_bytes = self.spool.usage()
-        spooled = self.spooled_bytes
+        spooled = self.shared.spool_bytes()
         limit = self.config.spool_max_size
         if not self.spool_full and spooled >= limit:
             self.spool_full = True
@@ -147,7 +147,7 @@ class Worker:
             metrics.EVENTS_SPOOLED.inc(self.unwritten_events)
             self.events_written += self.unwritten_events
             self.records_written += len(records)
-            self.spooled_bytes += sum(len(record) for record in records)
+            self.shared.spool_written(sum(len(record) for record in records))
             self.unwritten = []
             self.unwritten_events = 0
         self.ring.commit()
@@ -159,7 +159,7 @@ class Worker:
         written = self.unwritten[:error.written]
         del self.unwritten[:error.written]  # those are in the spool; the rest is retried
         self.records_written += len(written)
-        self.spooled_bytes += sum(len(record) for record in written)
+        self.shared.spool_written(sum(len(record) for record in written))
         if written:
             self._wake_uploader()
         name = errno_name(error.errno or 0)

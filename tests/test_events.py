@@ -176,6 +176,9 @@ def test_gelf_entries_take_the_gelf_timestamp() -> None:
         (KIND_GELF, 12201, b"a"): [1500, 1709294400000, 1709294400000],
         (KIND_SYSLOG, 514, b"a"): [1709201472000, 1709294400000],
     }
+    # Decided where the message is parsed: the two GELF entries that are not one JSON object
+    # (a syslog entry that is not JSON is no GELF error).
+    assert buffers.gelf_invalid_json == 2
 
 
 def test_grouping_order_and_totals() -> None:

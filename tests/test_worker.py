@@ -83,3 +83,41 @@ def test_a_full_disk_keeps_the_records_and_the_ring_until_space_returns(
     ring.close()
     os.close(wake_read)
     os.close(wake_write)
+
+
+def test_the_spool_size_is_the_uploaders_last_scan_plus_what_the_worker_wrote_since() -> None:
+    shared = SharedState()
+    assert shared.spool_bytes() == 0
+    shared.spool_written(100)  # the worker wrote a record before the uploader's first scan
+    assert shared.spool_bytes() == 100
+    before = shared.spool_scan_starts()
+    shared.spool_written(50)  # written during the scan: the scan may or may not see it
+    shared.spool_scanned(150, before)  # it did
+    assert shared.spool_bytes() == 200  # counted twice until the next scan: never too low
+    before = shared.spool_scan_starts()
+    shared.spool_scanned(30, before)  # the uploader delivered most of it
+    assert shared.spool_bytes() == 30
+    shared.spool_written(10)
+    assert shared.spool_bytes() == 40
+
+
+def test_intake_pauses_at_the_spool_cap_and_resumes_below_90_percent(tmp_path: Path) -> None:
+    config = Config(stream=None, spool_dir=tmp_path, output_dir=tmp_path / "out",
+                    spool_max_size=1000)
+    shared = SharedState()
+    ring = Ring(str(config.ring_path), constants.RING_MIN_CAPACITY)
+    worker = Worker(config, ring, "000000000000", -1, shared)
+    try:
+        assert worker._spool_has_room()
+        shared.spool_scanned(1000, shared.spool_scan_starts())
+        assert not worker._spool_has_room()
+        shared.spool_scanned(901, shared.spool_scan_starts())
+        assert not worker._spool_has_room()  # not below 90 % yet
+        shared.spool_scanned(899, shared.spool_scan_starts())
+        assert worker._spool_has_room()
+        shared.spool_written(200)
+        assert not worker._spool_has_room()  # its own writes count at once
+        worker.draining = True
+        assert worker._spool_has_room()  # shutting down: everything read is spooled
+    finally:
+        ring.close()

@@ -249,6 +249,9 @@ cdef class EventBuffers:
     cdef readonly Py_ssize_t total_bytes
     cdef readonly Py_ssize_t event_count
     cdef readonly long long oldest_receive_ms
+    # GELF messages that are not one JSON object (relayed all the same), decided here where
+    # the message is parsed.
+    cdef readonly long long gelf_invalid_json
     cdef unsigned char* scratch
     cdef Py_ssize_t capacity
 
@@ -308,7 +311,7 @@ cdef class EventBuffers:
         cdef long long receive_ms, timestamp
         cdef unsigned char* out
         cdef list events
-        cdef bint is_bytes
+        cdef bint is_bytes, is_object
         for entry in entries:
             kind_obj, port_obj, source, receive_obj, message = <tuple?>entry
             kind = kind_obj
@@ -329,7 +332,9 @@ cdef class EventBuffers:
             try:
                 self._reserve(EVENT_OVERHEAD + 6 * length + 2)
                 if kind == GELF:
-                    timestamp = c_gelf_timestamp(data, length, receive_ms)
+                    timestamp = c_gelf_timestamp(data, length, receive_ms, &is_object)
+                    if not is_object:
+                        self.gelf_invalid_json += 1
                 else:
                     timestamp = self.extractor.c_extract(data, length, receive_ms)
                 out = self.scratch

@@ -882,10 +882,12 @@ cdef long long number_ms(const unsigned char* p, Py_ssize_t i, Py_ssize_t end) n
 
 
 cdef long long c_gelf_timestamp(const unsigned char* data, Py_ssize_t length,
-                                long long receive_ms) noexcept:
+                                long long receive_ms, bint* is_object) noexcept:
+    """gelf_timestamp(); is_object is set to whether data is one JSON object."""
     cdef ObjectScan found
     cdef long long ms
-    if not scan_object(data, length, &found):
+    is_object[0] = scan_object(data, length, &found)
+    if not is_object[0]:
         return receive_ms
     if found.kind == KIND_NUMBER:
         ms = number_ms(data, found.start, found.end)
@@ -907,9 +909,11 @@ def gelf_timestamp(message, long long receive_ms) -> int:
     such member, or its value is another type, negative, or after year 9999.
     """
     cdef Py_buffer view
+    cdef bint is_object
     PyObject_GetBuffer(message, &view, PyBUF_SIMPLE)
     try:
-        return c_gelf_timestamp(<const unsigned char*>view.buf, view.len, receive_ms)
+        return c_gelf_timestamp(<const unsigned char*>view.buf, view.len, receive_ms,
+                                &is_object)
     finally:
         PyBuffer_Release(&view)
 
