@@ -9,8 +9,9 @@ import re
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from kinesyslog._fast.proxy import ProxyError, ProxyHeader, decode, pack_v1, pack_v2
+from kinesyslog._fast.proxy import ProxyError, ProxyHeader, address_text, decode
 from kinesyslog.constants import PROXY_V1_MAX_LENGTH, PROXY_V2_MAX_LENGTH
+from tests.proxy_encoder import pack_v1, pack_v2
 
 V1_SIGNATURE = b"PROXY "
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -498,3 +499,16 @@ def test_matches_the_reference_on_ports(text: str, destination: bool) -> None:
        st.sampled_from([b"", b"\r", b"\r\n", b"\r\nmore", b"x", b"\n"]))
 def test_matches_the_reference_near_the_v1_length_limit(size: int, end: bytes) -> None:
     assert_agrees_on_every_prefix(b"PROXY UNKNOWN " + b"x" * size + end)
+
+
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)), st.booleans(), st.booleans())
+def test_address_text_is_the_canonical_form_of_any_spelling(
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address, exploded: bool,
+        upper: bool) -> None:
+    """Whatever spelling the kernel or a header uses, one address has one text: RFC 5952
+    (Python's str), IPv4-mapped IPv6 as plain IPv4."""
+    text = address.exploded if exploded else address.compressed
+    expected = str(address)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        expected = str(address.ipv4_mapped)
+    assert address_text(text.upper() if upper else text) == expected

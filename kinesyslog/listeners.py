@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import heapq
-import ipaddress
 import logging
 import os
 import socket
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 from kinesyslog import constants
 from kinesyslog._fast.framing import StreamFramer, frame_datagram
 from kinesyslog._fast.gelf import ChunkAssembler, GelfStreamFramer, decode_payload
-from kinesyslog._fast.proxy import ProxyError
+from kinesyslog._fast.proxy import ProxyError, address_text
 from kinesyslog._fast.proxy import decode as decode_proxy_header
 from kinesyslog.config import Config, ConfigError
 from kinesyslog.logs import RateLimitedLog
@@ -85,15 +84,6 @@ class BoundSocket:
     transport: str  # "udp", "tcp" or "tls"
     port: int
     sock: socket.socket
-
-
-def source_text(host: str) -> str:
-    """The sender's address as RFC 5952 text; IPv4-mapped IPv6 peers as plain IPv4."""
-    address, _, scope = host.partition("%")
-    parsed = ipaddress.ip_address(address)
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-        return str(parsed.ipv4_mapped)
-    return f"{parsed}%{scope}" if scope else str(parsed)
 
 
 def bind_all(config: Config) -> list[BoundSocket]:
@@ -207,7 +197,7 @@ class Listener:
         if source is None:
             if len(self._sources) >= SOURCE_CACHE_SIZE:
                 self._sources.clear()
-            source = source_text(address[0]).encode()[: constants.MAX_SOURCE_LENGTH]
+            source = address_text(address[0]).encode()[: constants.MAX_SOURCE_LENGTH]
             self._sources[address[0]] = source
         return source
 

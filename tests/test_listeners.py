@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from kinesyslog.listeners import BoundSocket, source_text, udp_kernel_drops
+from kinesyslog._fast.proxy import address_text
+from kinesyslog.listeners import BoundSocket, udp_kernel_drops
 
 
 @pytest.mark.parametrize(("peer", "expected"), [
@@ -16,9 +17,16 @@ from kinesyslog.listeners import BoundSocket, source_text, udp_kernel_drops
     ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
     ("fe80::1%eth0", "fe80::1%eth0"),
     ("::1", "::1"),
+    ("0:0:0:0:0:ffff:c000:207", "192.0.2.7"),
 ])
 def test_sources_are_canonical_text(peer: str, expected: str) -> None:
-    assert source_text(peer) == expected
+    assert address_text(peer) == expected
+
+
+@pytest.mark.parametrize("text", ["", "192.0.2", "2001:db8::1::2", "host.example", "::ffff:1.2.3"])
+def test_what_is_not_an_address_raises(text: str) -> None:
+    with pytest.raises(ValueError, match="not an IP address"):
+        address_text(text)
 
 
 def test_udp_kernel_drops_are_read_for_our_sockets_only() -> None:

@@ -6,8 +6,9 @@ import ipaddress
 
 import pytest
 
-from kinesyslog._fast.proxy import ProxyError, ProxyHeader, crc32c, decode, pack_v1, pack_v2
+from kinesyslog._fast.proxy import ProxyError, ProxyHeader, crc32c, decode
 from kinesyslog.constants import PROXY_V1_MAX_LENGTH, PROXY_V2_MAX_LENGTH
+from tests.proxy_encoder import pack_v1, pack_v2
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 PAYLOAD = b"<13>1 2024-02-29T10:11:12Z host app - - - hello\n"

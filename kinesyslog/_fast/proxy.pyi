@@ -1,6 +1,5 @@
 """The PROXY protocol, versions 1 and 2 (HAProxy's proxy-protocol.txt), sans-IO."""
 
-from collections.abc import Iterable
 
 Buffer = bytes | bytearray | memoryview
 
@@ -41,20 +40,4 @@ class ProxyHeader:
 
 def decode(data: Buffer) -> tuple[ProxyHeader | None, int]: ...
 def crc32c(data: Buffer) -> int: ...
-def pack_v1(
-    family: str,
-    source: str | None,
-    destination: str | None,
-    source_port: int | None,
-    destination_port: int | None,
-) -> bytes: ...
-def pack_v2(
-    command: str,
-    family: str,
-    source: str | None,
-    destination: str | None,
-    source_port: int | None,
-    destination_port: int | None,
-    tlvs: Iterable[tuple[int, bytes]] = (),
-    transport: str | None = None,
-) -> bytes: ...
+def address_text(host: str) -> str: ...

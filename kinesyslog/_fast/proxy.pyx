@@ -68,8 +68,6 @@ writes real peers. UNIX paths end at their first NUL and are decoded as UTF-8 wi
 backslashreplace.
 """
 
-import ipaddress
-
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
@@ -94,7 +92,6 @@ cdef Py_ssize_t V2_MAX = PROXY_V2_MAX_LENGTH
 
 cdef const char* V1_SIGNATURE = b"PROXY "
 cdef const char* V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-V2_SIGNATURE_BYTES = b"\r\n\r\n\x00\r\nQUIT\n"
 cdef const char* HEX_DIGITS = b"0123456789abcdef"
 
 # Address block size by family nibble (AF_UNSPEC, AF_INET, AF_INET6, AF_UNIX).
@@ -581,100 +578,22 @@ def crc32c(data) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-# --- Encoders, for tests, fuzzers and the benchmark -----------------------------------------
-
-def _ip(family, text, role):
-    """IPv4Address for TCP4; IPv6Address for TCP6 (IPv4 text given as IPv4-mapped)."""
-    if text is None:
-        raise ValueError(f"{family} needs a {role} address")
-    address = ipaddress.ip_address(text)
-    if family == TCP4:
-        if address.version != 4:
-            raise ValueError(f"TCP4 {role} address {text!r} is not IPv4")
-        return address
-    if address.version == 4:
-        return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + address.packed)
-    return address
-
-
-def _v1_text(address):
-    """Canonical text; IPv4-mapped in the mixed form inet_ntop writes, whatever the Python."""
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return f"::ffff:{address.ipv4_mapped}"
-    return str(address)
-
-
-def _port(value, role):
-    if value is None or not 0 <= value <= 65535:
-        raise ValueError(f"{role} port {value!r} is not 0-65535")
-    return value
-
-
-def pack_v1(family: str, source, destination, source_port, destination_port) -> bytes:
-    """A version 1 line. TCP4/TCP6 addresses are written canonically (IPv4 text under TCP6
-    as ::ffff:a.b.c.d); UNKNOWN writes the address part only when it is given."""
-    fields = (source, destination, source_port, destination_port)
-    if family == UNKNOWN:
-        if all(field is None for field in fields):
-            return b"PROXY UNKNOWN\r\n"
-        if any(field is None for field in fields):
-            raise ValueError("PROXY v1 UNKNOWN takes all four address fields or none")
-        line = "PROXY UNKNOWN %s %s %s %s\r\n" % fields
-    elif family == TCP4 or family == TCP6:
-        line = "PROXY %s %s %s %d %d\r\n" % (
-            family, _v1_text(_ip(family, source, "source")),
-            _v1_text(_ip(family, destination, "destination")),
-            _port(source_port, "source"), _port(destination_port, "destination"))
+def address_text(str host not None) -> str:
+    """The canonical text of an address as the kernel reports a peer (socket.accept,
+    recvfrom): RFC 5952 for IPv6, an IPv4-mapped address as plain IPv4, a "%scope" suffix
+    kept. The same form decode() gives header addresses, by the same code, so one sender is
+    one log stream whichever way its address arrived."""
+    cdef bytes raw
+    cdef uint8_t address[16]
+    cdef char out[16]
+    cdef Py_ssize_t k
+    text, separator, scope = host.partition("%")
+    raw = text.encode("ascii", "replace")
+    if _parse_ipv4(<const uint8_t*>raw, len(raw), address):
+        k = _format_ipv4(address, out)
+        text = PyUnicode_DecodeASCII(out, k, NULL)
+    elif _parse_ipv6(<const uint8_t*>raw, len(raw), address):
+        text = _ipv6_text(address)
     else:
-        raise ValueError(f"PROXY v1 family {family!r} is not TCP4, TCP6 or UNKNOWN")
-    encoded = line.encode("ascii")
-    if len(encoded) > V1_MAX:
-        raise ValueError(f"PROXY v1 line of {len(encoded)} bytes, more than {V1_MAX}")
-    return encoded
-
-
-def pack_v2(command: str, family: str, source, destination, source_port, destination_port,
-            tlvs=(), transport=None) -> bytes:
-    """A version 2 header. `transport` defaults to UNSPEC for UNKNOWN, else STREAM. A CRC32C
-    TLV given as four zero bytes gets its checksum filled in (the sender's procedure of
-    §2.2.3); any other value is written as given."""
-    if command not in (LOCAL, PROXY):
-        raise ValueError(f"PROXY v2 command {command!r} is not LOCAL or PROXY")
-    if family not in V2_FAMILIES:
-        raise ValueError(f"PROXY v2 family {family!r} is not one of {V2_FAMILIES}")
-    if transport is None:
-        transport = UNSPEC if family == UNKNOWN else STREAM
-    if transport not in V2_TRANSPORTS:
-        raise ValueError(f"PROXY v2 transport {transport!r} is not one of {V2_TRANSPORTS}")
-    if family == TCP4 or family == TCP6:
-        block = (_ip(family, source, "source").packed
-                 + _ip(family, destination, "destination").packed
-                 + _port(source_port, "source").to_bytes(2, "big")
-                 + _port(destination_port, "destination").to_bytes(2, "big"))
-    elif family == UNIX:
-        block = b""
-        for path in (source, destination):
-            encoded = path.encode("utf-8", "surrogateescape")
-            if len(encoded) > UNIX_PATH:
-                raise ValueError(f"UNIX path of {len(encoded)} bytes, more than {UNIX_PATH}")
-            block += encoded.ljust(UNIX_PATH, b"\0")
-    else:
-        block = b""
-    checksums = []
-    for tlv_type, value in tlvs:
-        if tlv_type == TLV_CRC32C and value == b"\0\0\0\0":
-            checksums.append(V2_FIXED + len(block) + 3)
-        block += bytes([tlv_type]) + len(value).to_bytes(2, "big") + value
-    if len(block) > 0xFFFF:
-        raise ValueError(f"PROXY v2 address block and TLVs of {len(block)} bytes, "
-                         f"more than 65535")
-    header = bytearray(
-        V2_SIGNATURE_BYTES
-        + bytes([0x20 | (command == PROXY),
-                 (V2_FAMILIES.index(family) << 4) | V2_TRANSPORTS.index(transport)])
-        + len(block).to_bytes(2, "big")
-        + block
-    )
-    for offset in checksums:
-        header[offset : offset + 4] = crc32c(header).to_bytes(4, "big")
-    return bytes(header)
+        raise ValueError(f"not an IP address: {host!r}")
+    return f"{text}%{scope}" if separator else text

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from kinesyslog._fast.proxy import pack_v1, pack_v2
 from tests.certs import Issued, issue, make_ca
 from tests.e2e.relay_process import (
     Relay,
@@ -23,6 +22,7 @@ from tests.e2e.relay_process import (
 )
 from tests.e2e.test_metrics import fetch, sample
 from tests.e2e.test_relay import s3_events
+from tests.proxy_encoder import pack_v1, pack_v2
 
 pytestmark = pytest.mark.e2e
 
