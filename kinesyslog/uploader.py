@@ -11,7 +11,6 @@ mode: --output-dir makes no AWS access at all.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
@@ -19,13 +18,21 @@ import select
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from kinesyslog import metrics
+from kinesyslog.aws import (
+    StreamCheckError,
+    check_stream,
+    client,
+    get_owner,
+    is_permanent_error,
+    session,
+)
 from kinesyslog.constants import (
     EX_CONFIG,
     FIREHOSE_CONNECT_TIMEOUT,
@@ -36,35 +43,22 @@ from kinesyslog.constants import (
     GZIP_MAGIC,
     GZIP_MIN_MEMBER_BYTES,
     OUTPUT_DIR_OWNER,
-    OWNER_CACHE_FILE,
     QUARANTINE_RETRY_DELAY,
     RETRY_BASE_DELAY,
     RETRY_MAX_DELAY,
     RETRY_PERMANENT_DELAY,
     SPOOL_LEGACY_PREFIX,
-    SPOOL_TEMP_PREFIX,
     STARTUP_CHECK_TIMEOUT,
     UPLOADER_RESCAN_INTERVAL,
 )
 from kinesyslog.shared import SharedState, errno_name
-from kinesyslog.spool import Spool, fsync_directory
+from kinesyslog.sinks import Batch, DirectorySink, FirehoseSink, Sink
+from kinesyslog.spool import Spool
 
 log = logging.getLogger("kinesyslog.uploader")
 SPOOL_GAUGE_INTERVAL = 1.0  # how old the spool size the other processes read may be
 FAILURE_LOG_INTERVAL = 30.0  # one warning per kind of failure at most this often
 
-# Error codes that retrying cannot fix: the data stays spooled, retried every
-# RETRY_PERMANENT_DELAY.
-_CREDENTIAL_ERRORS = frozenset({
-    "UnrecognizedClientException", "InvalidClientTokenId", "InvalidSignatureException",
-    "SignatureDoesNotMatch", "ExpiredTokenException", "ExpiredToken", "IncompleteSignature",
-    "MissingAuthenticationToken", "NoCredentialsError", "PartialCredentialsError",
-})
-_PERMANENT_ERRORS = _CREDENTIAL_ERRORS | {"ResourceNotFoundException"}
-
-
-def is_permanent_error(code: str) -> bool:
-    return code.startswith("AccessDenied") or code in _PERMANENT_ERRORS
 
 
 @dataclass(frozen=True)
@@ -79,254 +73,6 @@ class UploaderSettings:
     role_arn: str | None = None
     role_session_name: str | None = None
     external_id: str | None = None
-
-
-class StreamCheckError(Exception):
-    """A configuration the uploader cannot work with; the message is one line naming the fix."""
-
-
-# --- AWS clients and start-up checks -----------------------------------------------------
-
-def _session(settings: UploaderSettings) -> Any:
-    import boto3
-    from botocore.exceptions import ProfileNotFound
-
-    try:
-        session = boto3.Session(profile_name=settings.profile, region_name=settings.region)
-    except ProfileNotFound:
-        raise StreamCheckError(
-            f"--profile {settings.profile}: no such profile in the AWS config or credentials "
-            "file; fix --profile or create the profile") from None
-    if not session.region_name:
-        raise StreamCheckError("no AWS region is configured: pass --region or set "
-                               "AWS_DEFAULT_REGION (or give the --profile a region)")
-    if settings.role_arn:
-        return _assumed_role_session(session, settings)
-    return session
-
-
-def _assumed_role_session(source: Any, settings: UploaderSettings) -> Any:
-    """A session whose credentials come from sts:AssumeRole with the source session's
-    credentials, fetched on first use and refreshed by botocore before they expire."""
-    import socket
-
-    import boto3
-    import botocore.session
-    from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
-
-    source_credentials = source.get_credentials()
-    if source_credentials is None:
-        raise StreamCheckError(f"--role-arn {settings.role_arn}: no AWS credentials to assume "
-                               "it with; configure the instance role, --profile or the "
-                               "AWS_* variables")
-    extra_args = {"RoleSessionName": settings.role_session_name
-                  or f"kinesyslog-{socket.gethostname()}"[:64]}
-    if settings.external_id:
-        extra_args["ExternalId"] = settings.external_id
-    fetcher = AssumeRoleCredentialFetcher(
-        client_creator=source._session.create_client, source_credentials=source_credentials,
-        role_arn=settings.role_arn, extra_args=extra_args)
-    assumed = botocore.session.Session()
-    assumed._credentials = DeferredRefreshableCredentials(
-        method="assume-role", refresh_using=fetcher.fetch_credentials)
-    return boto3.Session(botocore_session=assumed, region_name=source.region_name)
-
-
-def _client(session: Any, service: str, settings: UploaderSettings, connect_timeout: float,
-            read_timeout: float) -> Any:
-    from botocore.config import Config
-
-    # One attempt per call ("max_attempts" would count retries only): the uploader retries.
-    config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
-                    retries={"total_max_attempts": 1, "mode": "standard"})
-    # --endpoint-url is Firehose's only; without it boto3 reads AWS_ENDPOINT_URL[_<SERVICE>].
-    endpoint_url = settings.endpoint_url if service == "firehose" else None
-    try:
-        return session.client(service, config=config, endpoint_url=endpoint_url)
-    except ValueError as error:  # botocore: "Invalid endpoint: …"
-        raise StreamCheckError(f"--endpoint-url {endpoint_url}: {error}; give a URL such as "
-                               "https://firehose.us-east-1.amazonaws.com") from None
-
-
-def make_session_clients(settings: UploaderSettings) -> tuple[Any, Any]:
-    """(Firehose client for uploads, STS client for the start-up identity check)."""
-    session = _session(settings)
-    return (
-        _client(session, "firehose", settings, FIREHOSE_CONNECT_TIMEOUT, FIREHOSE_READ_TIMEOUT),
-        _client(session, "sts", settings, STARTUP_CHECK_TIMEOUT, STARTUP_CHECK_TIMEOUT),
-    )
-
-
-def check_stream(firehose: Any, stream: str) -> str | None:
-    """Describes the delivery stream. Raises StreamCheckError when nothing could ever be
-    delivered; returns a warning when the check itself failed (the relay starts anyway)."""
-    from botocore import exceptions
-
-    region = firehose.meta.region_name
-    try:
-        response = firehose.describe_delivery_stream(DeliveryStreamName=stream)
-    except exceptions.ClientError as error:
-        code = error_code(error)
-        message = error.response.get("Error", {}).get("Message", "")
-        if code == "ResourceNotFoundException":
-            raise StreamCheckError(
-                f"--stream {stream}: delivery stream not found in region {region}; "
-                "create it or fix --stream/--region") from None
-        if code.startswith("AccessDenied"):
-            raise StreamCheckError(
-                f"--stream {stream}: access denied ({message}); allow "
-                "firehose:DescribeDeliveryStream and firehose:PutRecordBatch on the stream "
-                "for the credentials in use (--profile)") from None
-        if code in _CREDENTIAL_ERRORS:
-            raise StreamCheckError(
-                f"AWS rejected the credentials ({code}: {message}); fix --profile or "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the instance role") from None
-        if code in ("ValidationException", "InvalidArgumentException"):
-            raise StreamCheckError(f"--stream {stream}: {message}; fix --stream") from None
-        return (f"could not check delivery stream {stream} in region {region} ({code}: "
-                f"{message}); records are spooled until Firehose accepts them")
-    except (exceptions.NoCredentialsError, exceptions.PartialCredentialsError,
-            exceptions.CredentialRetrievalError) as error:
-        raise StreamCheckError(
-            f"no usable AWS credentials ({error}): use --profile, set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, or run with an instance role") from None
-    except exceptions.BotoCoreError as error:
-        return (f"could not check delivery stream {stream} in region {region} ({error}); "
-                "records are spooled until Firehose answers")
-    status = response.get("DeliveryStreamDescription", {}).get("DeliveryStreamStatus")
-    if status != "ACTIVE":
-        return f"delivery stream {stream} is {status}; records are spooled until it is ACTIVE"
-    return None
-
-
-def get_owner(sts: Any, spool_dir: Path) -> str:
-    """The AWS account id that owns the records (STS GetCallerIdentity).
-
-    The last id read is kept in the spool directory, so that a relay that starts while AWS
-    is unreachable still labels its records with the right account."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    cache = spool_dir / OWNER_CACHE_FILE
-    try:
-        owner = str(sts.get_caller_identity()["Account"])
-    except (BotoCoreError, ClientError, KeyError) as error:
-        try:
-            owner = cache.read_text().strip()
-        except OSError:
-            owner = OUTPUT_DIR_OWNER
-        log.warning("could not read the AWS account id (sts:GetCallerIdentity: %s); records "
-                    "name owner %s", error, owner)
-        return owner
-    try:
-        if not cache.exists() or cache.read_text().strip() != owner:
-            temporary = cache.with_name(f"{SPOOL_TEMP_PREFIX}{OWNER_CACHE_FILE}")
-            temporary.write_text(owner + "\n")
-            os.replace(temporary, cache)
-    except OSError as error:  # a full disk must not stop the relay; only the cache is stale
-        log.warning("could not keep the account id in %s: %s", cache, error)
-    return owner
-
-
-def error_code(error: BaseException) -> str:
-    """The AWS error code of a botocore exception, else its class name."""
-    response = getattr(error, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        if code:
-            return str(code)
-    return type(error).__name__
-
-
-# --- Sinks ---------------------------------------------------------------------------------
-
-Batch = Sequence[tuple[Path, bytes]]
-
-
-class Sink(Protocol):
-    consumes_files: bool  # True: a delivered record's spool file is gone already
-    last_error: str
-
-    def send(self, batch: Batch) -> list[str | None]:
-        """Per record: None if delivered, else an error code."""
-        ...
-
-
-class FirehoseSink:
-    consumes_files = False
-
-    def __init__(self, client: Any, stream: str) -> None:
-        self.client = client
-        self.stream = stream
-        self.last_error = ""
-
-    def send(self, batch: Batch) -> list[str | None]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            response = self.client.put_record_batch(
-                DeliveryStreamName=self.stream, Records=[{"Data": data} for _, data in batch])
-        except (BotoCoreError, ClientError, OSError) as error:
-            self.last_error = str(error)
-            return [error_code(error)] * len(batch)
-        entries = response.get("RequestResponses") or []
-        results: list[str | None] = []
-        for index in range(len(batch)):
-            entry = entries[index] if index < len(entries) else {}
-            if entry.get("RecordId"):
-                results.append(None)
-            else:
-                results.append(entry.get("ErrorCode") or "MissingRecordId")
-                self.last_error = entry.get("ErrorMessage") or "no RecordId in the response"
-        return results
-
-
-class DirectorySink:
-    """--output-dir: each record file is moved into the directory, atomically."""
-
-    consumes_files = True
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-        self.last_error = ""
-
-    def send(self, batch: Batch) -> list[str | None]:
-        results: list[str | None] = []
-        for path, data in batch:
-            try:
-                self._move(path, data)
-            except OSError as error:
-                self.last_error = f"{path}: {error}"
-                results.append(errno.errorcode.get(error.errno or 0, type(error).__name__))
-            else:
-                results.append(None)
-        try:
-            fsync_directory(self.directory)
-        except OSError as error:
-            log.warning("could not fsync --output-dir %s: %s", self.directory, error)
-        return results
-
-    def _move(self, path: Path, data: bytes) -> None:
-        target = self.directory / path.name
-        try:
-            os.replace(path, target)
-            return
-        except OSError as error:
-            if error.errno != errno.EXDEV:
-                raise
-        # Another file system: write a copy under a temporary name, then rename it.
-        temporary = self.directory / f"{SPOOL_TEMP_PREFIX}{os.getpid()}-{path.name}"
-        try:
-            with open(temporary, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        fsync_directory(self.directory)
-        os.unlink(path)
 
 
 # --- The upload loop -----------------------------------------------------------------------
@@ -628,15 +374,15 @@ def _open_sink(settings: UploaderSettings) -> tuple[Sink, str]:
                                    "create it or fix its permissions") from None
     if not settings.stream:
         raise StreamCheckError("--stream is required unless --output-dir is given")
-    session = _session(settings)
-    checker = _client(session, "firehose", settings,
+    aws_session = session(settings)
+    checker = client(aws_session, "firehose", settings,
                       min(FIREHOSE_CONNECT_TIMEOUT, STARTUP_CHECK_TIMEOUT), STARTUP_CHECK_TIMEOUT)
     warning = check_stream(checker, settings.stream)
     if warning:
         log.warning("%s", warning)
-    sts = _client(session, "sts", settings, STARTUP_CHECK_TIMEOUT, STARTUP_CHECK_TIMEOUT)
+    sts = client(aws_session, "sts", settings, STARTUP_CHECK_TIMEOUT, STARTUP_CHECK_TIMEOUT)
     owner = get_owner(sts, settings.spool_dir)
-    firehose = _client(session, "firehose", settings, FIREHOSE_CONNECT_TIMEOUT,
+    firehose = client(aws_session, "firehose", settings, FIREHOSE_CONNECT_TIMEOUT,
                        FIREHOSE_READ_TIMEOUT)
     return FirehoseSink(firehose, settings.stream), owner
 

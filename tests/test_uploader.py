@@ -24,7 +24,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from kinesyslog import uploader as uploader_module
+from kinesyslog import sinks as sinks_module
+from kinesyslog.aws import StreamCheckError, check_stream, client, get_owner, session
 from kinesyslog.constants import (
     FIREHOSE_CONNECT_TIMEOUT,
     FIREHOSE_MAX_RECORD_BYTES,
@@ -36,18 +37,9 @@ from kinesyslog.constants import (
     UPLOADER_RESCAN_INTERVAL,
 )
 from kinesyslog.records import build_records
+from kinesyslog.sinks import DirectorySink, FirehoseSink
 from kinesyslog.spool import Spool
-from kinesyslog.uploader import (
-    DirectorySink,
-    FirehoseSink,
-    StreamCheckError,
-    Uploader,
-    UploaderSettings,
-    check_stream,
-    get_owner,
-    make_session_clients,
-    uploader_main,
-)
+from kinesyslog.uploader import Uploader, UploaderSettings, uploader_main
 from tests.conftest import MotoServer
 from tests.fake_firehose import (
     ACCESS_DENIED,
@@ -492,7 +484,15 @@ def settings_for(tmp_path: Path, **changes: Any) -> UploaderSettings:
     return UploaderSettings(**values)
 
 
-def test_make_session_clients(fake_firehose: FakeFirehose, tmp_path: Path,
+def make_session_clients(settings: UploaderSettings) -> tuple[Any, Any]:
+    """The uploader's Firehose client and an STS client, as uploader_main makes them."""
+    aws_session = session(settings)
+    return (client(aws_session, "firehose", settings, FIREHOSE_CONNECT_TIMEOUT,
+                   FIREHOSE_READ_TIMEOUT),
+            client(aws_session, "sts", settings, 10, 10))
+
+
+def test_sessions_and_clients(fake_firehose: FakeFirehose, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     firehose, sts = make_session_clients(settings_for(tmp_path, endpoint_url=fake_firehose.url))
     assert firehose.meta.endpoint_url == fake_firehose.url
@@ -545,7 +545,7 @@ def test_directory_sink_across_file_systems(tmp_path: Path,
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         real_replace(source, target)
 
-    monkeypatch.setattr(uploader_module.os, "replace", no_cross_device)
+    monkeypatch.setattr(sinks_module.os, "replace", no_cross_device)
     uploader = Uploader(spool, DirectorySink(out), clock=FakeClock())
     assert uploader.step() == 0.0
     assert os.listdir(out) == [path.name]
@@ -561,7 +561,7 @@ def test_directory_sink_failure_keeps_the_file(tmp_path: Path,
     def denied(source: Any, target: Any) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(uploader_module.os, "replace", denied)
+    monkeypatch.setattr(sinks_module.os, "replace", denied)
     uploader = Uploader(spool, DirectorySink(tmp_path / "out"), clock=FakeClock(),
                         rand=lambda: 0.0)
     assert uploader.step() == 0.5
