@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import heapq
 import logging
 import os
 import socket
-import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kinesyslog import constants
 from kinesyslog._fast.framing import StreamFramer, frame_datagram
 from kinesyslog._fast.gelf import ChunkAssembler, GelfStreamFramer, decode_payload
-from kinesyslog._fast.proxy import ProxyError, address_text
-from kinesyslog._fast.proxy import decode as decode_proxy_header
+from kinesyslog._fast.proxy import address_text
 from kinesyslog.config import Config, ConfigError
 from kinesyslog.logs import RateLimitedLog
+from kinesyslog.session import CloseReason, StreamSession
 
 if TYPE_CHECKING:
     from kinesyslog._fast.ring import Ring
@@ -53,14 +51,7 @@ class ListenerCounters:
     empty_datagrams: int = 0
     udp_dropped_ring_full: int = 0
     connections_open: int = 0
-    connections_refused: int = 0  # over --max-connections
-    connections_refused_per_source: int = 0  # over --max-connections-per-source
-    idle_closed: int = 0  # --idle-timeout, or the longest idle when every slot was taken
-    tls_errors: int = 0  # after the handshake
-    buffer_limit_closed: int = 0  # the connections holding most of PARTIAL_MESSAGE_BUDGET
-    tls_handshake_failed: int = 0
-    proxy_rejected: int = 0
-    negotiation_timeout: int = 0
+    rejected: Counter[CloseReason] = field(default_factory=Counter)  # connections closed
     gelf_corrupt: int = 0
 
     def port(self, transport: str, port: int) -> PortCounters:
@@ -277,7 +268,7 @@ class Listener:
             if (len(self.connections) >= self.config.max_connections
                     and not self._reclaim_idle_slot()):
                 sock.close()
-                self.counters.connections_refused += 1
+                self.count_rejected(CloseReason.MAX_CONNECTIONS)
                 self.problems.warning("connection refused: --max-connections reached",
                                       f"{self.config.max_connections} connections open")
                 continue
@@ -286,6 +277,9 @@ class Listener:
             # Behind a load balancer the peer is the balancer: the header's source counts.
             if not expect_proxy and not self.claim_source(source):
                 sock.close()
+                self.count_rejected(CloseReason.MAX_CONNECTIONS_PER_SOURCE)
+                self.problems.warning("connection refused: --max-connections-per-source "
+                                      "reached", source.decode(errors="replace"))
                 continue
             sock.setblocking(False)
             connection = StreamConnection(self, sock, source, bound.port, bound.transport,
@@ -310,7 +304,7 @@ class Listener:
             if connection.closed:
                 continue
             self.handshakes += 1
-            connection.start_tls()
+            connection.holds_handshake_slot = True
             self.loop.add_reader(connection.sock, connection.on_event)
 
     def release_handshake_slot(self, connection: StreamConnection) -> None:
@@ -318,14 +312,14 @@ class Listener:
         self.handshakes -= 1
         self._start_handshakes()
 
+    def count_rejected(self, reason: CloseReason) -> None:
+        self.counters.rejected[reason] += 1
+
     def claim_source(self, source: bytes) -> bool:
-        """Counts one more connection of source; False (counted, logged) over the cap."""
+        """Counts one more connection of source; False when that would exceed the cap."""
         cap = self.config.max_connections_per_source
         held = self._per_source.get(source, 0)
         if cap and held >= cap:
-            self.counters.connections_refused_per_source += 1
-            self.problems.warning("connection refused: --max-connections-per-source reached",
-                                  f"{source.decode(errors='replace')} holds {held}")
             return False
         self._per_source[source] = held + 1
         return True
@@ -364,7 +358,7 @@ class Listener:
                                          key=lambda c: c.partial_bytes):
             if self.partial_bytes <= target or not connection.partial_bytes:
                 return
-            self.counters.buffer_limit_closed += 1
+            self.count_rejected(CloseReason.BUFFER_LIMIT)
             self.counters.incomplete_dropped += 1
             self.problems.warning(
                 "connection closed: unfinished messages of all connections exceed "
@@ -383,7 +377,7 @@ class Listener:
                 self._close_idle(connection, f"nothing received for {timeout:g} s")
 
     def _close_idle(self, connection: StreamConnection, why: str) -> None:
-        self.counters.idle_closed += 1
+        self.count_rejected(CloseReason.IDLE_TIMEOUT)
         self.problems.warning("idle connection closed", f"{connection.peer}: {why}")
         connection.end_of_stream()
 
@@ -451,52 +445,59 @@ class Listener:
 
 
 class StreamConnection:
-    """One TCP or TLS connection: [PROXY header] → [TLS] → RFC 6587 framing → ring."""
+    """The IO side of one TCP or TLS connection: its socket, its timers and back-pressure.
+    What the bytes mean (PROXY, TLS, framing) is its StreamSession's business."""
 
-    __slots__ = ("__weakref__", "closed", "closing", "counted_source", "framer",
-                 "holds_handshake_slot", "last_active", "listener", "negotiation_timer",
-                 "outgoing", "partial_bytes", "pending", "pending_index", "pending_ms", "port",
-                 "proxy_bytes", "sock", "source", "stats", "tls", "tls_handshaking",
-                 "tls_incoming", "tls_outgoing", "transport", "truncated_seen")
+    __slots__ = ("__weakref__", "closed", "closing", "counted_source", "holds_handshake_slot",
+                 "last_active", "listener", "negotiation_timer", "outgoing", "partial_bytes",
+                 "pending", "pending_index", "pending_ms", "session", "sock", "stats",
+                 "transport", "truncated_seen")
 
     def __init__(self, listener: Listener, sock: socket.socket, source: bytes, port: int,
                  transport: str, expect_proxy: bool) -> None:
         self.listener = listener
         self.sock = sock
-        self.source = source
-        self.port = port
         self.transport = transport
         self.stats = listener.counters.port(transport, port)  # the listener's port, not PROXY's
-        framer_class = GelfStreamFramer if listener.config.gelf else StreamFramer
-        self.framer = framer_class(listener.config.max_message_size)
+        config = listener.config
+        framer_class = GelfStreamFramer if config.gelf else StreamFramer
+        now = time.monotonic()
+        self.session = StreamSession(
+            framer_class(config.max_message_size), source, port, now,
+            expect_proxy=expect_proxy,
+            tls_context=listener.tls.context if transport == "tls" else None,
+            admit_source=listener.claim_source, scratch=listener.recv_buffer)
         self.pending: list[bytes] = []
         self.pending_index = 0
         self.pending_ms = 0
         self.closing = False
         self.closed = False
         self.counted_source: bytes | None = None  # the address counted per source, if any
-        self.last_active = time.monotonic()
+        self.last_active = now
         self.truncated_seen = 0
-        self.partial_bytes = 0  # what the framer holds of an unfinished message
-        self.proxy_bytes: bytes | None = b"" if expect_proxy else None
+        self.partial_bytes = 0  # the session's unfinished message, as last counted
         self.outgoing = b""  # TLS bytes the socket did not take yet
-        self.tls: ssl.SSLObject | None = None  # made by start_tls, when a handshake slot is free
-        self.tls_handshaking = transport == "tls"
         self.holds_handshake_slot = False
         self.negotiation_timer = None
-        if self.negotiating:
+        if self.session.deadline is not None:
             self.negotiation_timer = listener.loop.call_later(
                 constants.NEGOTIATION_TIMEOUT, self._negotiation_timed_out)
 
-    def start_tls(self) -> None:
-        """Called by the listener once this connection holds a handshake slot: nothing of a
-        TLS connection is read before (its PROXY header and ClientHello wait in the kernel)."""
-        context = self.listener.tls.context
-        assert context is not None
-        self.holds_handshake_slot = True
-        self.tls_incoming = ssl.MemoryBIO()
-        self.tls_outgoing = ssl.MemoryBIO()
-        self.tls = context.wrap_bio(self.tls_incoming, self.tls_outgoing, server_side=True)
+    @property
+    def source(self) -> bytes:
+        return self.session.source
+
+    @property
+    def port(self) -> int:
+        return self.session.port
+
+    @property
+    def negotiating(self) -> bool:
+        return self.session.negotiating
+
+    @property
+    def peer(self) -> str:
+        return self.session.source.decode(errors="replace")
 
     # --- reading -------------------------------------------------------------------------
     def on_event(self) -> None:
@@ -520,15 +521,26 @@ class StreamConnection:
         self.receive(listener.recv_view[:size])
 
     def receive(self, data: memoryview) -> None:
-        if self.proxy_bytes is not None:
-            remainder = self._receive_proxy_header(data)
-            if remainder is None:
-                return
-            data = remainder
-        if self.tls is not None:
-            self._receive_tls(data)
-        else:
-            self.deliver(self.framer.feed(data))
+        session = self.session
+        messages = session.receive(data)
+        if session.source_admitted and self.counted_source is None:
+            self.counted_source = session.source  # released when the connection closes
+        self._send(session.take_outgoing())
+        if self.holds_handshake_slot and not session.tls_handshaking:
+            self.listener.release_handshake_slot(self)
+        if not session.negotiating and self.negotiation_timer is not None:
+            self.negotiation_timer.cancel()
+            self.negotiation_timer = None
+        reason = session.close_reason
+        if reason is not None and reason is not CloseReason.TLS_ERROR:
+            self._reject(reason, session.close_detail)
+            return
+        self.deliver(messages)
+        if reason is CloseReason.TLS_ERROR:
+            self.listener.count_rejected(reason)
+            self.listener.problems.warning("TLS error", f"{self.peer}: {session.close_detail}")
+        if not session.open:
+            self.end_of_stream()
 
     def read_until_empty(self) -> None:
         """At shutdown: frames what the kernel already received for this connection."""
@@ -543,86 +555,8 @@ class StreamConnection:
                 return
             self.receive(self.listener.recv_view[:size])
 
-    @property
-    def negotiating(self) -> bool:
-        return self.proxy_bytes is not None or self.tls_handshaking
-
-    # --- PROXY protocol ------------------------------------------------------------------
-    def _receive_proxy_header(self, data: memoryview) -> memoryview | None:
-        """Collects the header; returns the bytes after it once complete."""
-        assert self.proxy_bytes is not None
-        buffered = self.proxy_bytes + bytes(data)
-        try:
-            header, used = decode_proxy_header(buffered)
-        except ProxyError as error:
-            self._reject("proxy_rejected", "invalid PROXY protocol header", str(error))
-            return None
-        if header is None:
-            self.proxy_bytes = buffered
-            return None
-        self.proxy_bytes = None
-        # LOCAL, UNKNOWN and UNIX-socket sources carry no network address: keep the peer's.
-        if not header.uses_peer and header.family in ("TCP4", "TCP6"):
-            assert header.source_address is not None
-            self.source = header.source_address.encode()[: constants.MAX_SOURCE_LENGTH]
-            if header.destination_port is not None:
-                self.port = header.destination_port
-            if not self.listener.claim_source(self.source):
-                self.closing = True
-                self.close()
-                return None
-            self.counted_source = self.source
-        self._negotiated()
-        return memoryview(buffered)[used:]
-
-    # --- TLS -----------------------------------------------------------------------------
-    def _receive_tls(self, data: memoryview) -> None:
-        tls = self.tls
-        assert tls is not None
-        self.tls_incoming.write(data)
-        if self.tls_handshaking:
-            try:
-                tls.do_handshake()
-            except ssl.SSLWantReadError:
-                self._send_tls()
-                return
-            except (ssl.SSLError, OSError) as error:
-                self._send_tls()
-                self._reject("tls_handshake_failed", "TLS handshake failed", _tls_reason(error))
-                return
-            self.tls_handshaking = False
-            self.listener.release_handshake_slot(self)
-            self._negotiated()
-        messages: list[bytes] = []
-        ended = False
-        buffer, view = self.listener.recv_buffer, self.listener.recv_view  # data is in the BIO
-        while True:
-            try:
-                size = tls.read(constants.TCP_RECV_SIZE, buffer)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                ended = True
-                break
-            except (ssl.SSLError, OSError) as error:
-                self.listener.counters.tls_errors += 1
-                self.listener.problems.warning("TLS error", f"{self.peer}: {_tls_reason(error)}")
-                ended = True
-                break
-            if not size:
-                ended = True
-                break
-            messages.extend(self.framer.feed(view[:size]))
-        if ended:  # answer the peer's close_notify, as RFC 5425 asks
-            with contextlib.suppress(ssl.SSLError, OSError):
-                tls.unwrap()
-        self._send_tls()
-        self.deliver(messages)
-        if ended:
-            self.end_of_stream()
-
-    def _send_tls(self) -> None:
-        data = self.tls_outgoing.read()
+    # --- writing (TLS only) ----------------------------------------------------------------
+    def _send(self, data: bytes) -> None:
         if data:
             self.outgoing += data
             self._send_outgoing()
@@ -643,38 +577,27 @@ class StreamConnection:
         return not self.outgoing
 
     # --- negotiation outcome -------------------------------------------------------------
-    def _negotiated(self) -> None:
-        if not self.negotiating and self.negotiation_timer is not None:
-            self.negotiation_timer.cancel()
-            self.negotiation_timer = None
-
     def _negotiation_timed_out(self) -> None:
         self.negotiation_timer = None
-        if self.negotiating and not self.closing:
-            stage = "PROXY header" if self.proxy_bytes is not None else "TLS handshake"
-            self._reject("negotiation_timeout", f"no complete {stage} in time", "")
+        if not self.closing and self.session.expire(time.monotonic()):
+            assert self.session.close_reason is not None
+            self._reject(self.session.close_reason, self.session.close_detail)
 
-    def _reject(self, counter: str, what: str, detail: str) -> None:
-        counters = self.listener.counters
-        setattr(counters, counter, getattr(counters, counter) + 1)
+    def _reject(self, reason: CloseReason, detail: str) -> None:
+        self.listener.count_rejected(reason)
         self.listener.problems.warning(
-            f"{what} on {self.transport.upper()} port {self.port}; connection closed",
-            f"{self.peer}{': ' + detail if detail else ''}")
-        self.closing = True
+            f"connection closed ({reason.value}) on {self.transport.upper()} port {self.port}",
+            f"{self.peer}: {detail}")
         self.close()
-
-    @property
-    def peer(self) -> str:
-        return self.source.decode(errors="replace")
 
     # --- delivery with back-pressure -----------------------------------------------------
     def deliver(self, messages: list[bytes]) -> None:
-        framer = self.framer
-        truncated = framer.truncated
+        session = self.session
+        truncated = session.truncated
         if truncated != self.truncated_seen:
             self.stats.truncated += truncated - self.truncated_seen
             self.truncated_seen = truncated
-        partial = framer.buffered
+        partial = session.partial_bytes
         if partial != self.partial_bytes:
             listener = self.listener
             listener.partial_bytes += partial - self.partial_bytes
@@ -728,8 +651,8 @@ class StreamConnection:
         if self.negotiating:
             self.close()  # nothing was framed yet
             return
-        tail = self.framer.close()
-        dropped = self.framer.incomplete_dropped
+        tail = self.session.end_of_stream()
+        dropped = self.session.incomplete_dropped
         if dropped:
             self.listener.counters.incomplete_dropped += dropped
             self.listener.problems.warning(
@@ -757,9 +680,3 @@ class StreamConnection:
         self.listener.loop.remove_reader(self.sock)
         self.sock.close()
         self.listener.forget(self)
-
-
-def _tls_reason(error: BaseException) -> str:
-    if isinstance(error, ssl.SSLError):
-        return (error.reason or error.strerror or str(error)).lower().replace("_", " ")
-    return getattr(error, "strerror", None) or str(error)

@@ -274,15 +274,8 @@ class Supervisor:
         add(metrics.MESSAGES_DROPPED, counters.udp_dropped_ring_full, "ring_full")
         add(metrics.MESSAGES_DROPPED, counters.incomplete_dropped, "incomplete_frame")
         add(metrics.MESSAGES_DROPPED, counters.empty_datagrams, "empty_datagram")
-        add(metrics.CONNECTIONS_REJECTED, counters.connections_refused, "max_connections")
-        add(metrics.CONNECTIONS_REJECTED, counters.connections_refused_per_source,
-            "max_connections_per_source")
-        add(metrics.CONNECTIONS_REJECTED, counters.idle_closed, "idle_timeout")
-        add(metrics.CONNECTIONS_REJECTED, counters.tls_errors, "tls_error")
-        add(metrics.CONNECTIONS_REJECTED, counters.buffer_limit_closed, "buffer_limit")
-        add(metrics.CONNECTIONS_REJECTED, counters.tls_handshake_failed, "tls_handshake")
-        add(metrics.CONNECTIONS_REJECTED, counters.proxy_rejected, "proxy_header")
-        add(metrics.CONNECTIONS_REJECTED, counters.negotiation_timeout, "negotiation_timeout")
+        for reason, count in list(counters.rejected.items()):
+            add(metrics.CONNECTIONS_REJECTED, count, reason.value)
         add(metrics.MESSAGES_DROPPED, counters.gelf_corrupt, "gelf_corrupt")
         kernel_drops = udp_kernel_drops(self.listener.sockets)
         if kernel_drops is not None:
@@ -313,14 +306,14 @@ class Supervisor:
 
     def log_stats(self) -> None:
         c = self.counters
+        closed = ", ".join(f"{count} {reason.value}"
+                           for reason, count in sorted(c.rejected.items(),
+                                                       key=lambda item: item[0].value))
         log.info("received %d messages (%d bytes), %d truncated, %d UDP dropped (ring full), "
-                 "%d incomplete dropped, %d connections open, %d refused (max), %d refused "
-                 "(max per source), %d closed idle, %d TLS handshakes failed, %d TLS errors, "
-                 "%d PROXY headers rejected, %d negotiation timeouts, ring %d%% full",
+                 "%d incomplete dropped, %d connections open, connections closed by the "
+                 "relay: %s, ring %d%% full",
                  c.messages, c.message_bytes, c.truncated, c.udp_dropped_ring_full,
-                 c.incomplete_dropped, c.connections_open, c.connections_refused,
-                 c.connections_refused_per_source, c.idle_closed, c.tls_handshake_failed,
-                 c.tls_errors, c.proxy_rejected, c.negotiation_timeout,
+                 c.incomplete_dropped, c.connections_open, closed or "none",
                  100 * self.ring.uncommitted_bytes // self.ring.capacity)
 
     def shutdown(self) -> int:

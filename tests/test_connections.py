@@ -20,11 +20,13 @@ from kinesyslog._fast.ring import Ring
 from kinesyslog.config import Config
 from kinesyslog.eventloop import CANCELLED_TIMERS_COMPACT_MIN, EventLoop
 from kinesyslog.listeners import Listener, ListenerCounters, bind_all
+from kinesyslog.session import CloseReason
 from kinesyslog.tls import TlsContextHolder
 from tests.certs import issue, make_ca
 from tests.e2e.relay_process import free_port
 
 WAIT = 5.0
+PER_SOURCE = CloseReason.MAX_CONNECTIONS_PER_SOURCE
 
 
 class Harness:
@@ -146,7 +148,7 @@ def test_a_rejected_tls_connection_is_freed_at_once(make: object, tmp_path: Path
         assert freed() is None
     finally:
         gc.enable()
-    assert harness.counters.tls_handshake_failed == 2
+    assert harness.counters.rejected[CloseReason.TLS_HANDSHAKE] == 2
     assert len(harness.loop._timers) < 10  # the cancelled negotiation timers left the heap
 
 
@@ -178,7 +180,7 @@ def test_one_source_cannot_take_every_slot(make: object) -> None:
     first, second = harness.connect(), harness.connect()
     harness.run_until(lambda: len(harness.listener.connections) == 2)
     third = harness.connect()
-    harness.run_until(lambda: harness.counters.connections_refused_per_source == 1)
+    harness.run_until(lambda: harness.counters.rejected[PER_SOURCE] == 1)
     assert closed_by_relay(third)
     other = harness.connect(source="127.0.0.2")
     harness.run_until(lambda: len(harness.listener.connections) == 3)
@@ -188,7 +190,7 @@ def test_one_source_cannot_take_every_slot(make: object) -> None:
     harness.run_until(lambda: len(harness.listener.connections) == 2)
     harness.connect()
     harness.run_until(lambda: len(harness.listener.connections) == 3)
-    assert harness.counters.connections_refused_per_source == 1
+    assert harness.counters.rejected[PER_SOURCE] == 1
     second.sendall(b"still served\n")
     harness.run_until(lambda: b"still served" in harness.messages())
 
@@ -202,7 +204,7 @@ def test_proxy_ports_count_the_header_source_not_the_balancer(make: object) -> N
         client = harness.connect()
         client.sendall(f"PROXY TCP4 {client_address} 127.0.0.1 5000 514\r\nhello\n".encode())
         clients.append(client)
-    harness.run_until(lambda: harness.counters.connections_refused_per_source == 1)
+    harness.run_until(lambda: harness.counters.rejected[PER_SOURCE] == 1)
     assert closed_by_relay(clients[2])
     harness.run_until(lambda: len(harness.messages()) == 2)
     assert len(harness.listener.connections) == 2
@@ -218,7 +220,7 @@ def test_idle_connections_are_closed_after_the_idle_timeout(make: object) -> Non
         busy.sendall(b"tick\n")
         harness.loop.run_until(lambda: False, time.monotonic() + 0.05)
         harness.listener.expire_idle()
-    assert harness.counters.idle_closed == 1
+    assert harness.counters.rejected[CloseReason.IDLE_TIMEOUT] == 1
     assert closed_by_relay(idle)
     assert len(harness.listener.connections) == 1
     assert b"an unterminated tail" in harness.messages()  # delivered, as at a peer's close
@@ -231,13 +233,13 @@ def test_when_every_slot_is_taken_the_idlest_connection_gives_way(
     oldest, newer = harness.connect(), harness.connect()
     harness.run_until(lambda: len(harness.listener.connections) == 2)
     early = harness.connect()  # nobody idle long enough yet: refused
-    harness.run_until(lambda: harness.counters.connections_refused == 1)
+    harness.run_until(lambda: harness.counters.rejected[CloseReason.MAX_CONNECTIONS] == 1)
     assert closed_by_relay(early)
     time.sleep(0.3)
     newer.sendall(b"newer is active\n")
     harness.run_until(lambda: harness.messages() == [b"newer is active"])
     late = harness.connect()
-    harness.run_until(lambda: harness.counters.idle_closed == 1)
+    harness.run_until(lambda: harness.counters.rejected[CloseReason.IDLE_TIMEOUT] == 1)
     assert closed_by_relay(oldest)
     late.sendall(b"admitted\n")
     harness.run_until(lambda: b"admitted" in harness.messages())
@@ -254,9 +256,9 @@ def test_tls_errors_after_the_handshake_are_counted(make: object, tmp_path: Path
     raw = socket.socket(fileno=client.detach())  # the same connection, without TLS
     harness.clients.append(raw)
     raw.sendall(b"\x17\x03\x03\x00\x20" + os.urandom(32))  # a record no key can open
-    harness.run_until(lambda: harness.counters.tls_errors == 1)
+    harness.run_until(lambda: harness.counters.rejected[CloseReason.TLS_ERROR] == 1)
     harness.run_until(lambda: not harness.listener.connections)
-    assert harness.counters.tls_handshake_failed == 0
+    assert harness.counters.rejected[CloseReason.TLS_HANDSHAKE] == 0
 
 
 def test_unfinished_messages_share_one_budget_and_the_biggest_holders_go(
@@ -271,7 +273,7 @@ def test_unfinished_messages_share_one_budget_and_the_biggest_holders_go(
         hog.sendall(b"x" * 60_000)  # no line feed: held as an unfinished message
         harness.loop.run_until(lambda: False, time.monotonic() + 0.05)
     # The fourth hog went over the budget: two of the biggest went, down to 3/4 of it.
-    harness.run_until(lambda: harness.counters.buffer_limit_closed == 2)
+    harness.run_until(lambda: harness.counters.rejected[CloseReason.BUFFER_LIMIT] == 2)
     assert harness.listener.partial_bytes <= 200_000
     assert harness.listener.partial_bytes == sum(
         c.partial_bytes for c in harness.listener.connections)
@@ -280,7 +282,8 @@ def test_unfinished_messages_share_one_budget_and_the_biggest_holders_go(
     harness.run_until(lambda: len(harness.messages()) == 1)
     assert harness.messages() == [
         b"<13>1 - h app - - - a normal line, then half of one which ends here"]
-    assert harness.counters.incomplete_dropped == harness.counters.buffer_limit_closed
+    rejected = harness.counters.rejected
+    assert harness.counters.incomplete_dropped == rejected[CloseReason.BUFFER_LIMIT]
 
 
 def test_half_open_tls_handshakes_wait_for_a_slot_unread(
@@ -299,7 +302,7 @@ def test_half_open_tls_handshakes_wait_for_a_slot_unread(
     harness.run_until(lambda: len(harness.listener.connections) == 3)
     harness.loop.run_until(lambda: False, time.monotonic() + 0.1)
     assert harness.listener.handshakes == 2
-    (queued,) = [c for c in harness.listener.connections if c.tls is None]
+    (queued,) = [c for c in harness.listener.connections if not c.holds_handshake_slot]
     assert not harness.loop.is_reading(queued.sock)
     silent[0].close()  # a slot frees: the waiting sender's handshake runs
     client = tls_handshake(harness, waiting, ca.cert)
