@@ -2,14 +2,11 @@
 
 Start-up order: spool and ring (locked against a second relay on the same spool), the
 uploader (which checks the stream before anything is bound), the sockets, the worker. The
-parent process is the listener. Shutdown (SIGTERM/SIGINT): stop accepting, frame what was
-already received, close the ring's producer side, wait for the worker's final flush, then
-let the uploader drain the spool until --shutdown-timeout.
+parent process is the listener; supervisor.py watches the children and runs the shutdown.
 """
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import hashlib
 import logging
@@ -17,7 +14,6 @@ import os
 import select
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,81 +22,16 @@ from typing import Any
 from kinesyslog import constants
 from kinesyslog._fast.ring import Ring, RingError
 from kinesyslog.config import Config, ConfigError
-from kinesyslog.eventloop import EventLoop
-from kinesyslog.listeners import (
-    Listener,
-    ListenerCounters,
-    bind_all,
-    bind_error,
-    udp_kernel_drops,
-)
+from kinesyslog.listeners import Listener, ListenerCounters, bind_all, bind_error
 from kinesyslog.logs import setup_logging
 from kinesyslog.shared import SharedState
 from kinesyslog.spool import Spool
+from kinesyslog.supervisor import Supervisor, fork_child, set_title
 from kinesyslog.tls import TlsContextHolder
 
 log = logging.getLogger("kinesyslog")
-CHILD_CHECK_INTERVAL = 0.2
-STATS_INTERVAL = 60.0
-METRICS_INTERVAL = 1.0
-STATUS_INTERVAL = 10.0
-GELF_EXPIRY_INTERVAL = 0.5
-PROBLEM_LOG_INTERVAL = 10.0
 METRICS_DIR_NAME = ".metrics"
 METRICS_SHM_DIR = Path("/dev/shm")
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-LARGE_ALLOCATION = 32 * 1024
-HEAP_TRIM_INTERVAL = 10.0
-
-
-def set_title(title: str) -> None:
-    try:
-        import setproctitle
-    except ImportError:  # optional at run time: only the process list looks plainer
-        return
-    setproctitle.setproctitle(title)
-
-
-def limit_heap_retention() -> Callable[[], None] | None:
-    """Makes glibc serve allocations of LARGE_ALLOCATION bytes or more with their own memory
-    maps, returned to the system when freed; returns a function that gives the free memory
-    between live heap chunks back too (malloc_trim), or None where libc is not glibc.
-
-    Otherwise a burst of long messages or of TLS connections leaves the listener's heap
-    hundreds of MB larger for good: freed chunks between live ones are kept. The listener's
-    reads go into preallocated buffers, so its hot paths make no allocation that large.
-    Called in the listener only, after the worker and uploader (which build large records)
-    are forked."""
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return None
-    if not mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION):
-        log.debug("mallopt(M_MMAP_THRESHOLD) refused; the heap keeps its default policy")
-    return lambda: malloc_trim(0)
-
-
-def fork_child(role: str, body: Callable[[], int], debug: bool) -> int:
-    """Forks a child that runs body() and exits with its return value, never returning."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        return pid
-    code = constants.EX_SOFTWARE
-    try:
-        setup_logging(debug, role)
-        set_title(f"kinesyslog: {role}")
-        code = body()
-    except BaseException:
-        logging.getLogger(f"kinesyslog.{role}").exception("%s failed", role)
-        code = constants.EX_SOFTWARE
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return 0  # unreachable
 
 
 def lock_spool(spool_dir: Path) -> int:
@@ -167,197 +98,6 @@ def read_status(fd: int, timeout: float) -> str:
                 return "FATAL the uploader exited during start-up"
             data += chunk
     return data.split(b"\n", 1)[0].decode(errors="replace")
-
-
-class Supervisor:
-    """The listener process: owns the sockets and watches the two children."""
-
-    def __init__(self, config: Config, ring: Ring, uploader_pid: int, worker_pid: int,
-                 shared: SharedState) -> None:
-        from kinesyslog.metrics import DeltaPublisher
-        from kinesyslog.systemd import Notifier
-
-        self.config = config
-        self.notifier = Notifier()
-        self.status_seen = (time.monotonic(), 0)
-        self.publisher = DeltaPublisher()
-        self.ring = ring
-        self.shared = shared
-        self.children = {worker_pid: "worker", uploader_pid: "uploader"}
-        self.worker_pid = worker_pid
-        self.uploader_pid = uploader_pid
-        self.loop = EventLoop()
-        self.counters = ListenerCounters()
-        self.exit_code = 0
-        self.stopping = False
-
-    def run(self, listener: Listener) -> int:
-        self.listener = listener
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, self.request_stop)
-        self.loop.add_signal_handler(signal.SIGCHLD, self.check_children)
-        self.loop.add_signal_handler(signal.SIGHUP, listener.tls.reload)
-        self.loop.call_every(CHILD_CHECK_INTERVAL, self.check_children)
-        self.loop.call_every(STATS_INTERVAL, self.log_stats)
-        self.loop.call_every(METRICS_INTERVAL, self.publish_metrics)
-        self.loop.call_every(GELF_EXPIRY_INTERVAL, listener.expire_gelf_chunks)
-        self.loop.call_every(constants.IDLE_CHECK_INTERVAL, listener.expire_idle)
-        self.loop.call_every(PROBLEM_LOG_INTERVAL, listener.problems.flush)
-        if self.notifier.enabled:
-            self.loop.call_every(STATUS_INTERVAL, self.report_status)
-        trim_heap = limit_heap_retention()
-        if trim_heap is not None:
-            self.loop.call_every(HEAP_TRIM_INTERVAL, trim_heap)
-        listener.start()
-        log.info("kinesyslog ready: %d listener(s)", len(listener.sockets))
-        self.notifier.ready()
-        self.loop.run()
-        return self.shutdown()
-
-    def request_stop(self) -> None:
-        """Begins the shutdown: the uploader's --shutdown-timeout starts now, the worker
-        takes everything the listener still writes."""
-        if not self.stopping:
-            log.info("stopping: no new connections; draining what was received")
-            self.stopping = True
-            self.notifier.stopping()
-            self.signal_child(self.uploader_pid, signal.SIGTERM)
-            self.signal_child(self.worker_pid, signal.SIGUSR1)
-            self.loop.stop()
-
-    def signal_child(self, pid: int, signum: int) -> None:
-        if pid in self.children:
-            os.kill(pid, signum)
-
-    def check_children(self) -> None:
-        for pid, role in list(self.children.items()):
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done, status = pid, 0
-            if done:
-                del self.children[pid]
-                self.forget_metrics(pid)
-                log.error("the %s process exited unexpectedly (%s); kinesyslog stops so that "
-                          "the service manager can restart it", role, describe_status(status))
-                self.exit_code = 1
-                self.request_stop()
-
-    def report_status(self) -> None:
-        """systemctl status shows the current throughput."""
-        now, messages = time.monotonic(), self.counters.messages
-        then, before = self.status_seen
-        self.status_seen = (now, messages)
-        rate = (messages - before) / max(now - then, 1e-9)
-        self.notifier.status(f"{rate:.0f} messages/s, {messages} received, "
-                             f"{self.counters.connections_open} connections, ring "
-                             f"{100 * self.ring.uncommitted_bytes // self.ring.capacity}% full")
-
-    def forget_metrics(self, pid: int) -> None:
-        if self.config.prometheus_ports:
-            from kinesyslog.metrics import mark_process_dead
-
-            mark_process_dead(pid)
-
-    def publish_metrics(self) -> None:
-        from kinesyslog import metrics
-
-        add = self.publisher.add
-        counters = self.counters
-        message_format = self.config.message_format
-        for stats in list(counters.ports.values()):
-            port = str(stats.port)
-            add(metrics.MESSAGE_COUNT, stats.messages, stats.transport, port, message_format)
-            add(metrics.MESSAGE_BYTES, stats.message_bytes, stats.transport, port,
-                message_format)
-            add(metrics.MESSAGES_TRUNCATED, stats.truncated, stats.transport, port)
-        add(metrics.MESSAGES_DROPPED, counters.udp_dropped_ring_full, "ring_full")
-        add(metrics.MESSAGES_DROPPED, counters.incomplete_dropped, "incomplete_frame")
-        add(metrics.MESSAGES_DROPPED, counters.empty_datagrams, "empty_datagram")
-        for reason, count in list(counters.rejected.items()):
-            add(metrics.CONNECTIONS_REJECTED, count, reason.value)
-        add(metrics.MESSAGES_DROPPED, counters.gelf_corrupt, "gelf_corrupt")
-        kernel_drops = udp_kernel_drops(self.listener.sockets)
-        if kernel_drops is not None:
-            add(metrics.MESSAGES_DROPPED, kernel_drops, "udp_kernel")
-        chunks = self.listener.gelf_chunks
-        if chunks is not None:
-            for reason in ("expired", "evicted", "invalid", "duplicates", "empty", "oversized"):
-                add(metrics.GELF_CHUNKS_DROPPED, getattr(chunks, reason), reason)
-        metrics.CONNECTIONS_OPEN.set(counters.connections_open)
-        metrics.LISTENER_COUNT.set(len(self.listener.sockets))
-        metrics.RING_FILL.set(self.ring.uncommitted_bytes / self.ring.capacity)
-
-    def health(self) -> str | None:
-        """None when healthy, else the reason (called from the metrics server's threads)."""
-        if self.stopping:
-            return "shutting down"
-        for role in ("worker", "uploader"):
-            if role not in self.children.values():
-                return f"the {role} process is not running"
-        problem = self.shared.spool_write_problem()
-        if problem is not None:
-            return problem
-        spooled = self.shared.spool_bytes()
-        if spooled >= self.config.spool_max_size:
-            return (f"the spool holds {spooled} bytes, over --spool-max-size "
-                    f"{self.config.spool_max_size}: Firehose uploads are not keeping up")
-        return None
-
-    def log_stats(self) -> None:
-        c = self.counters
-        closed = ", ".join(f"{count} {reason.value}"
-                           for reason, count in sorted(c.rejected.items(),
-                                                       key=lambda item: item[0].value))
-        log.info("received %d messages (%d bytes), %d truncated, %d UDP dropped (ring full), "
-                 "%d incomplete dropped, %d connections open, connections closed by the "
-                 "relay: %s, ring %d%% full",
-                 c.messages, c.message_bytes, c.truncated, c.udp_dropped_ring_full,
-                 c.incomplete_dropped, c.connections_open, closed or "none",
-                 100 * self.ring.uncommitted_bytes // self.ring.capacity)
-
-    def shutdown(self) -> int:
-        deadline = time.monotonic() + self.config.shutdown_timeout
-        listener = self.listener
-        listener.stop_accepting()
-        if self.worker_pid in self.children:
-            listener.drain_datagrams()
-            listener.drain_connections(deadline)
-        listener.close()
-        listener.problems.flush(force=True)
-        self.ring.close_producer()
-        self.wait_for("worker", self.worker_pid, deadline + constants.WORKER_FLUSH_GRACE)
-        self.signal_child(self.uploader_pid, signal.SIGUSR1)  # nothing new will be spooled
-        self.wait_for("uploader", self.uploader_pid, deadline + constants.UPLOADER_EXIT_GRACE)
-        self.log_stats()
-        self.loop.close()
-        log.info("kinesyslog stopped")
-        return self.exit_code
-
-    def wait_for(self, role: str, pid: int, deadline: float) -> None:
-        while pid in self.children:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                del self.children[pid]
-                self.forget_metrics(pid)
-                if status != 0:
-                    log.error("the %s process ended with %s", role, describe_status(status))
-                    self.exit_code = self.exit_code or 1
-                return
-            if time.monotonic() >= deadline:
-                log.error("the %s process did not stop in time; killing it", role)
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                del self.children[pid]
-                self.exit_code = self.exit_code or 1
-                return
-            time.sleep(0.02)
-
-
-def describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
 def start_uploader(config: Config, shared: SharedState) -> tuple[int, int, str]:
@@ -495,7 +235,7 @@ def _run_locked(config: Config, spool: Spool) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     os.close(wake_fd)
     supervisor = Supervisor(config, ring, uploader_pid, worker_pid, shared)
-    listener = Listener(supervisor.loop, sockets, ring, config, supervisor.counters, tls)
+    listener = Listener(supervisor.loop, sockets, ring, config, ListenerCounters(), tls)
     supervisors.append(supervisor)
     for server in servers:
         start_serving(server)
