@@ -26,8 +26,14 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, ThreadingWSGIServer
 
+from kinesyslog._fast.proxy import ProxyError
+from kinesyslog._fast.proxy import decode as decode_proxy_header
+from kinesyslog.constants import PROXY_V1_MAX_LENGTH
+
 SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 524288, 1024000, 2097152, 4194304)
 COUNT_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500)
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+PROXY_V2_FIXED_LENGTH = 16  # signature, version/command, family, address length
 
 # kinesyslog 2.0.1's metrics (names and types kept).
 BATCH_BYTES = Histogram("kinesyslog_batch_bytes", "Kinesis batch request size",
@@ -109,6 +115,28 @@ def mark_process_dead(pid: int) -> None:
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds would flood the journal."""
+
+    def handle(self) -> None:
+        # An AWS NLB target group with PROXY protocol v2 sends the header before its HTTP
+        # health checks too: a request may start with one (v1 or v2), which is skipped.
+        if self._skip_proxy_header():
+            super().handle()
+
+    def _skip_proxy_header(self) -> bool:
+        """False when the connection starts with a PROXY header that is not valid."""
+        start = self.rfile.peek(len(PROXY_V2_SIGNATURE))[:len(PROXY_V2_SIGNATURE)]
+        if start.startswith(b"PROXY "):
+            header = self.rfile.readline(PROXY_V1_MAX_LENGTH)
+        elif start == PROXY_V2_SIGNATURE:
+            fixed = self.rfile.read(PROXY_V2_FIXED_LENGTH)
+            header = fixed + self.rfile.read(int.from_bytes(fixed[14:16], "big"))
+        else:
+            return True
+        try:
+            decoded, used = decode_proxy_header(header)
+        except ProxyError:
+            return False
+        return decoded is not None and used == len(header)
 
 
 def make_app(health: Callable[[], str | None]) -> Callable[..., Iterable[bytes]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.relay_process import Relay, free_ports, send_tcp, send_udp, wait_for
+from tests.proxy_encoder import pack_v1, pack_v2
 
 pytestmark = pytest.mark.e2e
 
@@ -42,6 +44,15 @@ def sample(text: str, name: str, **labels: str) -> float:
             total = float(match.group(3))
     assert total is not None, f"no sample {name}{labels}"
     return total
+
+
+def raw_get(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
 
 
 def test_metrics_and_health(tmp_path: Path) -> None:
@@ -83,5 +94,12 @@ def test_metrics_and_health(tmp_path: Path) -> None:
         assert sample(text, "kinesyslog_batch_records_count") >= 1
         assert "127.0.0.1" not in text  # no source addresses in labels
         assert fetch(f"{base}/nothing")[0] == 404
+        # An NLB target group with PROXY protocol v2 sends the header before health checks.
+        for header in (pack_v2("PROXY", "TCP4", "10.0.0.9", "10.0.0.1", 4000, metrics_port),
+                       pack_v2("LOCAL", "UNKNOWN", None, None, None, None),
+                       pack_v1("TCP4", "10.0.0.9", "10.0.0.1", 4000, metrics_port)):
+            assert raw_get(metrics_port, header + b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                           b"Connection: close\r\n\r\n").startswith(b"HTTP/1.0 200 OK")
+        assert raw_get(metrics_port, b"\r\n\r\n\x00\r\nQUIT\n\x99\x11\x00\x00GET /") == b""
     finally:
         assert relay.stop() == 0, relay.log
