@@ -237,7 +237,7 @@ def test_valid_rfc3164_without_year(
     when: datetime, zone: str, delay: int, day_format: str, digits: int, upper: bool
 ) -> None:
     fraction = f"{when.microsecond:06d}000"[:digits]
-    aware = when.replace(microsecond=0, fold=0, tzinfo=ZoneInfo(zone))  # SPEC: fold=0
+    aware = when.replace(microsecond=0, fold=0, tzinfo=ZoneInfo(zone))  # docs/contract.md §4.9: fold=0
     expected = (aware - EPOCH) // timedelta(seconds=1) * 1000 + fraction_ms(fraction.encode())
     month = MONTHS[when.month - 1].upper() if upper else MONTHS[when.month - 1]
     text = (
@@ -255,7 +255,7 @@ def test_valid_rfc3164_without_year(
     recent_receive_times,
 )
 def test_valid_rfc3164_with_year(when: datetime, zone: str, cisco: bool, receive_ms: int) -> None:
-    when = when.replace(microsecond=0, fold=0)  # SPEC: fold=0 in gaps and folds
+    when = when.replace(microsecond=0, fold=0)  # docs/contract.md §4.9: fold=0 in gaps and folds
     expected = (when.replace(tzinfo=ZoneInfo(zone)) - EPOCH) // timedelta(milliseconds=1)
     month = MONTHS[when.month - 1]
     if cisco:

@@ -1,4 +1,5 @@
-"""Every limit and fixed value of the relay, in one place."""
+"""The limits and fixed values that several modules share or that the contract names
+(docs/contract.md). A value that one module alone uses is named at the top of that module."""
 
 # Firehose service limits (PutRecordBatch).
 FIREHOSE_MAX_RECORD_BYTES = 1_024_000
@@ -122,7 +123,7 @@ SYSTEMD_NOFILE_LIMIT = 65_536  # above DEFAULT_MAX_CONNECTIONS; systemd's defaul
 # copy made of the rest of an object after each gzip member.
 DUMP_CHUNK_SIZE = 64 * 1024
 
-# GELF 1.1 input (SPEC §4 "GELF"). A chunk is magic(2) id(8) sequence(1) count(1) payload.
+# GELF 1.1 input (docs/contract.md §4.5, §4.6). A chunk is magic(2) id(8) sequence(1) count(1) payload.
 GELF_CHUNK_MAGIC = b"\x1e\x0f"
 GELF_CHUNK_HEADER_LENGTH = 12
 GELF_MAX_CHUNKS = 128

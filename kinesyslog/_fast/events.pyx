@@ -3,7 +3,7 @@
 
 An event is encoded exactly as json.dumps({"id": ..., "timestamp": ..., "message": ...})
 writes it, the message being the received bytes decoded as UTF-8 with "backslashreplace"
-(SPEC §4): valid UTF-8 is copied as is, each invalid byte becomes the text \\xNN (which
+(docs/contract.md §4.8): valid UTF-8 is copied as is, each invalid byte becomes the text \\xNN (which
 JSON writes as \\\\xNN), and control characters, '"' and '\\' are escaped as json.dumps
 escapes them with ensure_ascii=False.
 

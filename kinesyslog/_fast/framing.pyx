@@ -4,7 +4,7 @@
 Sans-IO: `StreamFramer.feed()` takes whatever a socket returned and gives back the complete
 messages; `close()` is called at end of stream. The framing is detected at each frame start.
 
-RFC 6587 §3.4.1, octet counting (MSG-LEN limited here to 9 digits, as SPEC.md §4 says):
+RFC 6587 §3.4.1, octet counting (MSG-LEN limited here to 9 digits, as docs/contract.md §4.2 says):
 
     TCP-DATA = *SYSLOG-FRAME
     SYSLOG-FRAME = MSG-LEN SP SYSLOG-MSG

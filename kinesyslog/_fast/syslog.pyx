@@ -41,9 +41,9 @@ then one of:
   Year inference, when no year is given: among receive_year + 1, receive_year and
   receive_year - 1 (receive_year being the year of the receive time in that zone), the
   latest whose date exists (Feb 29 only in leap years) and whose instant is at most 2 days
-  after the receive time. That is SPEC's "the receive year, or the previous one if more
-  than 2 days in the future", extended so that a sender whose clock is slightly ahead at
-  New Year gets the next year. When none qualifies the receive time is used.
+  after the receive time (docs/contract.md §4.9): "the receive year, or the previous one if
+  more than 2 days in the future", extended so that a sender whose clock is slightly ahead
+  at New Year gets the next year. When none qualifies the receive time is used.
 
 UTC offsets of the zone are cached per hour (local hours for RFC 3164 times, UTC hours for
 the receive year) in bounded dicts; an hour holding a transition is never cached as one
