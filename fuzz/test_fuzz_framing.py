@@ -13,7 +13,8 @@ OCTET_PREFIX = re.compile(rb"[1-9][0-9]{0,8} ")
 
 
 def reference_frames(stream: bytes, max_size: int) -> tuple[list[bytes], int, int]:
-    """docs/contract.md §4.2 framing of a whole stream, then close: (messages, truncated, dropped)."""
+    """docs/contract.md §4.2 framing of a whole stream, then close:
+    (messages, truncated, dropped)."""
     messages: list[bytes] = []
     truncated = dropped = 0
     i = 0

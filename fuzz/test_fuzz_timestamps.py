@@ -237,7 +237,8 @@ def test_valid_rfc3164_without_year(
     when: datetime, zone: str, delay: int, day_format: str, digits: int, upper: bool
 ) -> None:
     fraction = f"{when.microsecond:06d}000"[:digits]
-    aware = when.replace(microsecond=0, fold=0, tzinfo=ZoneInfo(zone))  # docs/contract.md §4.9: fold=0
+    # docs/contract.md §4.9: fold=0
+    aware = when.replace(microsecond=0, fold=0, tzinfo=ZoneInfo(zone))
     expected = (aware - EPOCH) // timedelta(seconds=1) * 1000 + fraction_ms(fraction.encode())
     month = MONTHS[when.month - 1].upper() if upper else MONTHS[when.month - 1]
     text = (

@@ -123,7 +123,8 @@ SYSTEMD_NOFILE_LIMIT = 65_536  # above DEFAULT_MAX_CONNECTIONS; systemd's defaul
 # copy made of the rest of an object after each gzip member.
 DUMP_CHUNK_SIZE = 64 * 1024
 
-# GELF 1.1 input (docs/contract.md §4.5, §4.6). A chunk is magic(2) id(8) sequence(1) count(1) payload.
+# GELF 1.1 input (docs/contract.md §4.5, §4.6). A chunk is magic(2) id(8) sequence(1)
+# count(1) payload.
 GELF_CHUNK_MAGIC = b"\x1e\x0f"
 GELF_CHUNK_HEADER_LENGTH = 12
 GELF_MAX_CHUNKS = 128
