@@ -24,8 +24,12 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard kinesyslog/_fast/*.pyx ki
 
 build: $(VENV)/.installed
 
+# ruff; mypy on the package (pyproject.toml); stubtest: the .pyi stubs match the compiled modules
 lint: build
 	$(VENV)/bin/ruff check kinesyslog tests fuzz bench
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest --ignore-disjoint-bases --allowlist tests/stubtest-allowlist.txt \
+		$(patsubst kinesyslog/_fast/%.pyx,kinesyslog._fast.%,$(wildcard kinesyslog/_fast/*.pyx))
 
 # dist/kinesyslog (one file) and dist/kinesyslog-dir/ (one folder), from pyinstaller.spec
 executable: build

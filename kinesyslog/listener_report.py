@@ -65,8 +65,8 @@ class ListenerReport:
             add(metrics.MESSAGES_DROPPED, kernel_drops, "udp_kernel")
         chunks = self.listener.gelf_chunks
         if chunks is not None:
-            for reason in GELF_CHUNK_DROP_REASONS:
-                add(metrics.GELF_CHUNKS_DROPPED, getattr(chunks, reason), reason)
+            for chunk_reason in GELF_CHUNK_DROP_REASONS:
+                add(metrics.GELF_CHUNKS_DROPPED, getattr(chunks, chunk_reason), chunk_reason)
         metrics.CONNECTIONS_OPEN.set(counters.connections_open)
         metrics.LISTENER_COUNT.set(len(self.listener.sockets))
         metrics.RING_FILL.set(self.ring.uncommitted_bytes / self.ring.capacity)

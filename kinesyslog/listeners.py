@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import heapq
 import logging
 import os
@@ -176,9 +177,9 @@ class Listener:
     def start(self) -> None:
         for bound in self.sockets:
             if bound.transport == "udp":
-                self.loop.add_reader(bound.sock, lambda b=bound: self._on_datagrams(b))
+                self.loop.add_reader(bound.sock, functools.partial(self._on_datagrams, bound))
             else:
-                self.loop.add_reader(bound.sock, lambda b=bound: self._on_accept(b))
+                self.loop.add_reader(bound.sock, functools.partial(self._on_accept, bound))
             proxy = " (PROXY protocol)" if bound.port in self.proxy_ports else ""
             log.info("listening on %s %s port %d%s", bound.transport.upper(),
                      self.config.address, bound.port, proxy)

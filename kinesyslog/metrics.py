@@ -10,10 +10,11 @@ port, transport, format, reason, AWS error code — never a source address.
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
@@ -124,12 +125,13 @@ class _QuietHandler(WSGIRequestHandler):
 
     def _skip_proxy_header(self) -> bool:
         """False when the connection starts with a PROXY header that is not valid."""
-        start = self.rfile.peek(len(PROXY_V2_SIGNATURE))[:len(PROXY_V2_SIGNATURE)]
+        rfile = cast(io.BufferedReader, self.rfile)  # socketserver makes it buffered
+        start = rfile.peek(len(PROXY_V2_SIGNATURE))[:len(PROXY_V2_SIGNATURE)]
         if start.startswith(b"PROXY "):
-            header = self.rfile.readline(PROXY_V1_MAX_LENGTH)
+            header = rfile.readline(PROXY_V1_MAX_LENGTH)
         elif start == PROXY_V2_SIGNATURE:
-            fixed = self.rfile.read(PROXY_V2_FIXED_LENGTH)
-            header = fixed + self.rfile.read(int.from_bytes(fixed[14:16], "big"))
+            fixed = rfile.read(PROXY_V2_FIXED_LENGTH)
+            header = fixed + rfile.read(int.from_bytes(fixed[14:16], "big"))
         else:
             return True
         try:

@@ -13,7 +13,7 @@ import contextlib
 import enum
 import ssl
 from collections.abc import Callable
-from typing import Union
+from typing import Union, cast
 
 from kinesyslog import constants
 from kinesyslog._fast.framing import StreamFramer
@@ -181,7 +181,7 @@ class StreamSession:
         scratch, view = self._scratch, memoryview(self._scratch)
         while True:
             try:
-                size = tls.read(len(scratch), scratch)
+                size = cast(int, tls.read(len(scratch), scratch))  # into scratch: a count
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:

@@ -20,7 +20,11 @@ Batch = Sequence[tuple[Path, bytes]]
 
 class Sink(Protocol):
     consumes_files: bool  # True: a delivered record's spool file is gone already
-    last_error: str
+
+    @property
+    def last_error(self) -> str:
+        """What went wrong last, for the log."""
+        ...
 
     def send(self, batch: Batch) -> list[str | None]:
         """Per record: None if delivered, else an error code."""

@@ -3,6 +3,17 @@
 
 Buffer = bytes | bytearray | memoryview
 
+# The names ProxyHeader uses for commands, families and transports.
+PROXY: str
+LOCAL: str
+TCP4: str
+TCP6: str
+UNIX: str
+UNKNOWN: str
+UNSPEC: str
+STREAM: str
+DGRAM: str
+
 class ProxyError(ValueError): ...
 
 class ProxyHeader:
@@ -35,7 +46,7 @@ class ProxyHeader:
         destination_address: str | None = None,
         destination_port: int | None = None,
     ) -> None: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
 def decode(data: Buffer) -> tuple[ProxyHeader | None, int]: ...
