@@ -1,19 +1,20 @@
 """Prometheus metrics of every process, and the /metrics and /healthz HTTP endpoint.
 
-prometheus_client's multiprocess mode keeps each process's values in files of one
-directory, so one scrape of the listener process shows the counters of all three. It must
-be switched on (PROMETHEUS_MULTIPROC_DIR) before prometheus_client is imported: relay.run
-does that before it imports this module. Hot paths count in plain ints; DeltaPublisher adds
-their growth to the Prometheus objects about once a second. Label values are bounded:
-port, transport, format, reason, AWS error code — never a source address.
+setup() makes the metric objects, in prometheus_client's multiprocess mode when the relay
+serves metrics (each process keeps its values in files of one directory, so one scrape of
+the listener process shows the counters of all three). Hot paths count in plain ints;
+DeltaPublisher adds their growth to the Prometheus objects about once a second. Label values
+are bounded: port, transport, format, reason, AWS error code — never a source address.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -25,6 +26,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client import values as prometheus_values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, ThreadingWSGIServer
 
 from kinesyslog._fast.proxy import ProxyError
@@ -36,56 +38,118 @@ COUNT_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500)
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 PROXY_V2_FIXED_LENGTH = 16  # signature, version/command, family, address length
 
-# kinesyslog 2.0.1's metrics (names and types kept).
-BATCH_BYTES = Histogram("kinesyslog_batch_bytes", "Kinesis batch request size",
-                        buckets=SIZE_BUCKETS)
-BATCH_RECORD_FAILED = Counter("kinesyslog_batch_record_failed",
-                              "Kinesis batch record failures")
-BATCH_RECORDS = Histogram("kinesyslog_batch_records", "Kinesis batch record count",
-                          buckets=COUNT_BUCKETS)
-HTTP_REQUESTS = Counter("kinesyslog_http_requests", "Total HTTP requests", ["path"])
-LISTENER_COUNT = Gauge("kinesyslog_listener_count", "The number of message listeners",
-                       multiprocess_mode="livesum")
-MESSAGE_BYTES = Counter("kinesyslog_message_bytes", "Message bytes received",
-                        ["transport", "port", "format"])
-MESSAGE_COUNT = Counter("kinesyslog_message_count", "Message records received",
-                        ["transport", "port", "format"])
-RECORD_BYTES = Histogram("kinesyslog_record_bytes", "Kinesis record size", buckets=SIZE_BUCKETS)
-SPOOL_AGE = Gauge("kinesyslog_spool_age", "Kinesis batch spool record age (seconds)",
-                  multiprocess_mode="livemax")
-SPOOL_COUNT = Gauge("kinesyslog_spool_count", "Kinesis batch spool record count",
-                    multiprocess_mode="livemax")
+class Metrics:
+    """Every metric object, made by setup(). They are registered nowhere: /metrics reads the
+    multiprocess directory, where each process writes its values."""
 
-# What an operator needs besides.
-MESSAGES_DROPPED = Counter("kinesyslog_messages_dropped",
-                           "Messages received but not relayed", ["reason"])
-MESSAGES_TRUNCATED = Counter("kinesyslog_messages_truncated",
-                             "Messages cut to --max-message-size", ["transport", "port"])
-CONNECTIONS_REJECTED = Counter("kinesyslog_connections_rejected",
-                               "Connections closed by the relay", ["reason"])
-CONNECTIONS_OPEN = Gauge("kinesyslog_connections_open", "Open TCP and TLS connections",
-                         multiprocess_mode="livesum")
-RING_FILL = Gauge("kinesyslog_ring_fill_ratio",
-                  "Share of the listener-to-worker ring not yet spooled (0-1)",
-                  multiprocess_mode="livemax")
-SPOOL_BYTES = Gauge("kinesyslog_spool_bytes", "Bytes of records awaiting upload",
-                    multiprocess_mode="livemax")
-GELF_CHUNKS_DROPPED = Counter("kinesyslog_gelf_chunks_dropped",
-                              "GELF chunks or pending messages discarded", ["reason"])
-GELF_INVALID_JSON = Counter("kinesyslog_gelf_invalid_json",
-                            "GELF messages that are not a JSON object (relayed all the same)")
-SPOOL_WRITE_ERRORS = Counter("kinesyslog_spool_write_errors",
-                             "Failed writes to the spool directory (retried), by errno",
-                             ["errno"])
-EVENTS_SPOOLED = Counter("kinesyslog_events_spooled", "Events written into spooled records")
-UPLOAD_SECONDS = Histogram("kinesyslog_upload_seconds", "PutRecordBatch call duration",
-                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-UPLOAD_ERRORS = Counter("kinesyslog_upload_errors",
-                        "Records not accepted by Firehose, by AWS error code", ["code"])
-RECORDS_DELIVERED = Counter("kinesyslog_records_delivered",
-                            "Records acknowledged by Firehose (or written to --output-dir)")
-RECORDS_QUARANTINED = Counter("kinesyslog_records_quarantined",
-                              "Spool files that were not valid records, moved to corrupt/")
+    def __init__(self) -> None:
+        # kinesyslog 2.0.1's metrics (names and types kept).
+        self.BATCH_BYTES = _Histogram("kinesyslog_batch_bytes", "Kinesis batch request size",
+                                      buckets=SIZE_BUCKETS)
+        self.BATCH_RECORD_FAILED = _Counter("kinesyslog_batch_record_failed",
+                                            "Kinesis batch record failures")
+        self.BATCH_RECORDS = _Histogram("kinesyslog_batch_records",
+                                        "Kinesis batch record count", buckets=COUNT_BUCKETS)
+        self.HTTP_REQUESTS = _Counter("kinesyslog_http_requests", "Total HTTP requests",
+                                      ["path"])
+        self.LISTENER_COUNT = _Gauge("kinesyslog_listener_count",
+                                     "The number of message listeners",
+                                     multiprocess_mode="livesum")
+        self.MESSAGE_BYTES = _Counter("kinesyslog_message_bytes", "Message bytes received",
+                                      ["transport", "port", "format"])
+        self.MESSAGE_COUNT = _Counter("kinesyslog_message_count", "Message records received",
+                                      ["transport", "port", "format"])
+        self.RECORD_BYTES = _Histogram("kinesyslog_record_bytes", "Kinesis record size",
+                                       buckets=SIZE_BUCKETS)
+        self.SPOOL_AGE = _Gauge("kinesyslog_spool_age",
+                                "Kinesis batch spool record age (seconds)",
+                                multiprocess_mode="livemax")
+        self.SPOOL_COUNT = _Gauge("kinesyslog_spool_count", "Kinesis batch spool record count",
+                                  multiprocess_mode="livemax")
+
+        # What an operator needs besides.
+        self.MESSAGES_DROPPED = _Counter("kinesyslog_messages_dropped",
+                                         "Messages received but not relayed", ["reason"])
+        self.MESSAGES_TRUNCATED = _Counter("kinesyslog_messages_truncated",
+                                           "Messages cut to --max-message-size",
+                                           ["transport", "port"])
+        self.CONNECTIONS_REJECTED = _Counter("kinesyslog_connections_rejected",
+                                             "Connections closed by the relay", ["reason"])
+        self.CONNECTIONS_OPEN = _Gauge("kinesyslog_connections_open",
+                                       "Open TCP and TLS connections",
+                                       multiprocess_mode="livesum")
+        self.RING_FILL = _Gauge("kinesyslog_ring_fill_ratio",
+                                "Share of the listener-to-worker ring not yet spooled (0-1)",
+                                multiprocess_mode="livemax")
+        self.SPOOL_BYTES = _Gauge("kinesyslog_spool_bytes", "Bytes of records awaiting upload",
+                                  multiprocess_mode="livemax")
+        self.GELF_CHUNKS_DROPPED = _Counter("kinesyslog_gelf_chunks_dropped",
+                                            "GELF chunks or pending messages discarded",
+                                            ["reason"])
+        self.GELF_INVALID_JSON = _Counter(
+            "kinesyslog_gelf_invalid_json",
+            "GELF messages that are not a JSON object (relayed all the same)")
+        self.SPOOL_WRITE_ERRORS = _Counter(
+            "kinesyslog_spool_write_errors",
+            "Failed writes to the spool directory (retried), by errno", ["errno"])
+        self.EVENTS_SPOOLED = _Counter("kinesyslog_events_spooled",
+                                       "Events written into spooled records")
+        self.UPLOAD_SECONDS = _Histogram("kinesyslog_upload_seconds",
+                                         "PutRecordBatch call duration",
+                                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.UPLOAD_ERRORS = _Counter("kinesyslog_upload_errors",
+                                      "Records not accepted by Firehose, by AWS error code",
+                                      ["code"])
+        self.RECORDS_DELIVERED = _Counter(
+            "kinesyslog_records_delivered",
+            "Records acknowledged by Firehose (or written to --output-dir)")
+        self.RECORDS_QUARANTINED = _Counter(
+            "kinesyslog_records_quarantined",
+            "Spool files that were not valid records, moved to corrupt/")
+
+
+def _Counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+    return Counter(name, documentation, labels, registry=None)
+
+
+def _Gauge(name: str, documentation: str, labels: Sequence[str] = (), *,
+           multiprocess_mode: str) -> Gauge:
+    return Gauge(name, documentation, labels, registry=None,
+                 multiprocess_mode=multiprocess_mode)  # type: ignore[arg-type]
+
+
+def _Histogram(name: str, documentation: str, *, buckets: Sequence[float]) -> Histogram:
+    return Histogram(name, documentation, registry=None, buckets=buckets)
+
+
+_current: Metrics | None = None
+
+
+def setup(multiprocess_dir: Path | None) -> None:
+    """Makes the metric objects. With a directory, in prometheus_client's multiprocess mode,
+    so that one scrape of the listener shows the values of all three processes: call it in
+    the listener before the worker and uploader are forked. Nothing else depends on import
+    order: using a metric before setup() raises."""
+    global _current
+    if multiprocess_dir is not None:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiprocess_dir)
+    else:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    prometheus_values.ValueClass = prometheus_values.get_value_class()
+    _current = Metrics()
+
+
+def _metrics() -> Metrics:
+    if _current is None:
+        raise RuntimeError("kinesyslog.metrics used before kinesyslog.metrics.setup()")
+    return _current
+
+
+def __getattr__(name: str) -> Any:
+    """metrics.RECORD_BYTES and the others: the objects setup() made."""
+    if name.isupper():
+        return getattr(_metrics(), name)
+    raise AttributeError(f"module 'kinesyslog.metrics' has no attribute {name!r}")
 
 
 class DeltaPublisher:
@@ -147,11 +211,11 @@ def make_app(health: Callable[[], str | None]) -> Callable[..., Iterable[bytes]]
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path in ("/metrics", "/"):
-            HTTP_REQUESTS.labels("/metrics").inc()
+            _metrics().HTTP_REQUESTS.labels("/metrics").inc()
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [render_metrics()]
         if path == "/healthz":
-            HTTP_REQUESTS.labels("/healthz").inc()
+            _metrics().HTTP_REQUESTS.labels("/healthz").inc()
             problem = health()
             status = "200 OK" if problem is None else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kinesyslog import constants
+from kinesyslog import constants, metrics
 from kinesyslog._fast.ring import Ring, RingError
 from kinesyslog.config import Config, ConfigError
 from kinesyslog.listeners import Listener, ListenerCounters, bind_all, bind_error
@@ -144,23 +144,22 @@ def metrics_dir(config: Config) -> Path:
 
 
 def prepare_metrics(config: Config) -> Path | None:
-    """Switches prometheus_client to multiprocess mode (before anything imports it)."""
-    if not config.prometheus_ports:
-        return None
-    directory = metrics_dir(config)
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(mode=0o750)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    """Makes the metric objects; with --prometheus-port in multiprocess mode, in a fresh
+    directory (returned, for removal at exit)."""
+    directory = None
+    if config.prometheus_ports:
+        directory = metrics_dir(config)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(mode=0o750)
+    metrics.setup(directory)
     return directory
 
 
 def serve_metrics(config: Config, health: Callable[[], str | None]) -> list[Any]:
-    from kinesyslog.metrics import bind_server
-
     servers: list[Any] = []
     try:
         for port in config.prometheus_ports:
-            servers.append(bind_server(config.address, port, health))
+            servers.append(metrics.bind_server(config.address, port, health))
             log.info("metrics and health on http://%s:%d/metrics and /healthz",
                      config.address, port)
     except OSError as error:
@@ -185,7 +184,6 @@ def run(config: Config) -> int:
 
 
 def _run_locked(config: Config, spool: Spool) -> int:
-    from kinesyslog.metrics import start_serving
     from kinesyslog.worker import worker_main
     removed = spool.remove_stale_temp_files()
     if removed:
@@ -238,7 +236,7 @@ def _run_locked(config: Config, spool: Spool) -> int:
     listener = Listener(supervisor.loop, sockets, ring, config, ListenerCounters(), tls)
     supervisors.append(supervisor)
     for server in servers:
-        start_serving(server)
+        metrics.start_serving(server)
     code = supervisor.run(listener)
     for server in servers:
         server.shutdown()

@@ -16,10 +16,11 @@ import sys
 import time
 from collections.abc import Callable
 
-from kinesyslog import constants
+from kinesyslog import constants, metrics
 from kinesyslog._fast.ring import Ring
 from kinesyslog.config import Config
 from kinesyslog.eventloop import EventLoop
+from kinesyslog.listener_report import ListenerReport
 from kinesyslog.listeners import Listener
 from kinesyslog.logs import setup_logging
 from kinesyslog.shared import SharedState
@@ -104,9 +105,6 @@ class Supervisor:
         self.stopping = False
 
     def run(self, listener: Listener) -> int:
-        # Imported here, after relay.prepare_metrics: it imports prometheus_client.
-        from kinesyslog.listener_report import ListenerReport
-
         self.listener = listener
         self.report = report = ListenerReport(self.config, listener, self.ring, self.shared,
                                               self.notifier, self.processes_problem)
@@ -162,9 +160,7 @@ class Supervisor:
 
     def forget_metrics(self, pid: int) -> None:
         if self.config.prometheus_ports:
-            from kinesyslog.metrics import mark_process_dead
-
-            mark_process_dead(pid)
+            metrics.mark_process_dead(pid)
 
     def processes_problem(self) -> str | None:
         """None while every process runs (called from the metrics server's threads)."""

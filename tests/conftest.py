@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from kinesyslog import metrics
 from tests.fake_firehose import FakeFirehose
 
 MOTO_START_TIMEOUT = 30.0
@@ -28,6 +29,12 @@ _AWS_VARIABLES_CLEARED = (
     "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def in_process_metrics() -> None:
+    """The metric objects for code under test in this process (the relay makes its own)."""
+    metrics.setup(None)
 
 
 @pytest.fixture

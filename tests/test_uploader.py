@@ -573,9 +573,11 @@ def test_output_dir_mode_imports_no_aws_library(tmp_path: Path) -> None:
     script = """
 import os, signal, sys, threading
 from pathlib import Path
+from kinesyslog import metrics
 from kinesyslog.spool import Spool
 from kinesyslog.uploader import UploaderSettings, uploader_main
 
+metrics.setup(None)
 spool_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
 Spool(spool_dir).write_records([b"\\x1f\\x8b\\x08" + b"\\0" * 30])
 status_read, status_write = os.pipe()
