@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import errno
 import functools
-import heapq
 import logging
 import os
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from kinesyslog._fast.framing import StreamFramer, frame_datagram
 from kinesyslog._fast.gelf import ChunkAssembler, GelfStreamFramer, decode_payload
 from kinesyslog._fast.proxy import address_text
 from kinesyslog.config import Config, ConfigError
+from kinesyslog.limits import ConnectionLimits
 from kinesyslog.logs import RateLimitedLog
 from kinesyslog.session import CloseReason, StreamSession
 
@@ -168,11 +168,8 @@ class Listener:
         self.problems = RateLimitedLog(log)
         self._sources: dict[object, bytes] = {}
         self._retry_scheduled = False
-        self._per_source: dict[bytes, int] = {}  # open connections by sender address
-        self._reclaim_not_before = 0.0  # no connection can give way to a new one before then
-        self.partial_bytes = 0  # bytes of unfinished messages held by all framers together
-        self.handshakes = 0  # TLS handshakes in progress
-        self._handshake_queue: deque[StreamConnection] = deque()  # TLS, waiting for a slot
+        self.limits = ConnectionLimits(config, self.connections, self.count_rejected,
+                                       self.problems, self._start_reading)
 
     def start(self) -> None:
         for bound in self.sockets:
@@ -266,8 +263,7 @@ class Listener:
                 self.problems.warning(f"{bound.transport.upper()} port {bound.port}: accept "
                                       "failed", error.strerror or "")
                 return
-            if (len(self.connections) >= self.config.max_connections
-                    and not self._reclaim_idle_slot()):
+            if not self.limits.make_room():
                 sock.close()
                 self.count_rejected(CloseReason.MAX_CONNECTIONS)
                 self.problems.warning("connection refused: --max-connections reached",
@@ -276,7 +272,7 @@ class Listener:
             source = self.source_of(address)
             expect_proxy = bound.port in self.proxy_ports
             # Behind a load balancer the peer is the balancer: the header's source counts.
-            if not expect_proxy and not self.claim_source(source):
+            if not expect_proxy and not self.limits.claim_source(source):
                 sock.close()
                 self.count_rejected(CloseReason.MAX_CONNECTIONS_PER_SOURCE)
                 self.problems.warning("connection refused: --max-connections-per-source "
@@ -289,98 +285,15 @@ class Listener:
             self.connections.add(connection)
             self.counters.connections_open = len(self.connections)
             if bound.transport == "tls":
-                self._handshake_queue.append(connection)
-                self._start_handshakes()
+                self.limits.queue_handshake(connection)  # read once a handshake slot is free
             else:
-                self.loop.add_reader(sock, connection.on_event)
+                self._start_reading(connection)
 
-    def _start_handshakes(self) -> None:
-        """TLS connections are read (PROXY header, handshake) only while at most
-        MAX_TLS_HANDSHAKES are in progress: a server-side handshake holds about 45 KB once
-        the ClientHello is in, so thousands of half-open ones must not run at once. The
-        others wait, unread, until a slot frees or their negotiation timeout closes them."""
-        queue = self._handshake_queue
-        while queue and self.handshakes < constants.MAX_TLS_HANDSHAKES:
-            connection = queue.popleft()
-            if connection.closed:
-                continue
-            self.handshakes += 1
-            connection.holds_handshake_slot = True
-            self.loop.add_reader(connection.sock, connection.on_event)
-
-    def release_handshake_slot(self, connection: StreamConnection) -> None:
-        connection.holds_handshake_slot = False
-        self.handshakes -= 1
-        self._start_handshakes()
+    def _start_reading(self, connection: StreamConnection) -> None:
+        self.loop.add_reader(connection.sock, connection.on_event)
 
     def count_rejected(self, reason: CloseReason) -> None:
         self.counters.rejected[reason] += 1
-
-    def claim_source(self, source: bytes) -> bool:
-        """Counts one more connection of source; False when that would exceed the cap."""
-        cap = self.config.max_connections_per_source
-        held = self._per_source.get(source, 0)
-        if cap and held >= cap:
-            return False
-        self._per_source[source] = held + 1
-        return True
-
-    def _release_source(self, source: bytes) -> None:
-        held = self._per_source.get(source, 0) - 1
-        if held > 0:
-            self._per_source[source] = held
-        else:
-            self._per_source.pop(source, None)
-
-    def _reclaim_idle_slot(self) -> bool:
-        """Every slot is taken: closes the connection idle longest if it has been idle for
-        IDLE_RECLAIM_AFTER, so that idle connections cannot lock new senders out."""
-        now = time.monotonic()
-        if now < self._reclaim_not_before:
-            return False
-        idlest = min((c for c in self.connections if not c.pending and not c.closing),
-                     key=lambda c: c.last_active, default=None)
-        if idlest is None:
-            return False
-        if now - idlest.last_active < constants.IDLE_RECLAIM_AFTER:
-            # last_active only grows: nothing can qualify before the idlest one does.
-            self._reclaim_not_before = idlest.last_active + constants.IDLE_RECLAIM_AFTER
-            return False
-        self._close_idle(idlest, "every connection slot is taken")
-        return True
-
-    def shed_partial_messages(self) -> None:
-        """Unfinished messages of all connections together exceed PARTIAL_MESSAGE_BUDGET:
-        closes the connections that hold the most (their unfinished message is dropped and
-        counted) until a quarter of the budget is free again. Normal senders send whole
-        lines; what piles up is endless lines and huge octet counts."""
-        target = constants.PARTIAL_MESSAGE_BUDGET * 3 // 4
-        for connection in heapq.nlargest(len(self.connections) // 4 + 1, self.connections,
-                                         key=lambda c: c.partial_bytes):
-            if self.partial_bytes <= target or not connection.partial_bytes:
-                return
-            self.count_rejected(CloseReason.BUFFER_LIMIT)
-            self.counters.incomplete_dropped += 1
-            self.problems.warning(
-                "connection closed: unfinished messages of all connections exceed "
-                f"{constants.PARTIAL_MESSAGE_BUDGET} bytes",
-                f"{connection.peer} held {connection.partial_bytes} bytes")
-            connection.close()
-
-    def expire_idle(self) -> None:
-        """Closes connections that sent nothing for --idle-timeout seconds."""
-        timeout = self.config.idle_timeout
-        if not timeout:
-            return
-        oldest_allowed = time.monotonic() - timeout
-        for connection in [c for c in self.connections if c.last_active < oldest_allowed]:
-            if not connection.pending and not connection.closing:
-                self._close_idle(connection, f"nothing received for {timeout:g} s")
-
-    def _close_idle(self, connection: StreamConnection, why: str) -> None:
-        self.count_rejected(CloseReason.IDLE_TIMEOUT)
-        self.problems.warning("idle connection closed", f"{connection.peer}: {why}")
-        connection.end_of_stream()
 
     def pause(self, connection: StreamConnection) -> None:
         self.loop.remove_reader(connection.sock)
@@ -404,7 +317,7 @@ class Listener:
         self.paused.discard(connection)
         self.counters.connections_open = len(self.connections)
         if connection.counted_source is not None:
-            self._release_source(connection.counted_source)
+            self.limits.release_source(connection.counted_source)
             connection.counted_source = None
 
     # --- shutdown ------------------------------------------------------------------------
@@ -467,7 +380,7 @@ class StreamConnection:
             framer_class(config.max_message_size), source, port, now,
             expect_proxy=expect_proxy,
             tls_context=listener.tls.context if transport == "tls" else None,
-            admit_source=listener.claim_source, scratch=listener.recv_buffer)
+            admit_source=listener.limits.claim_source, scratch=listener.recv_buffer)
         self.pending: list[bytes] = []
         self.pending_index = 0
         self.pending_ms = 0
@@ -528,7 +441,7 @@ class StreamConnection:
             self.counted_source = session.source  # released when the connection closes
         self._send(session.take_outgoing())
         if self.holds_handshake_slot and not session.tls_handshaking:
-            self.listener.release_handshake_slot(self)
+            self.listener.limits.release_handshake_slot(self)
         if not session.negotiating and self.negotiation_timer is not None:
             self.negotiation_timer.cancel()
             self.negotiation_timer = None
@@ -600,11 +513,8 @@ class StreamConnection:
             self.truncated_seen = truncated
         partial = session.partial_bytes
         if partial != self.partial_bytes:
-            listener = self.listener
-            listener.partial_bytes += partial - self.partial_bytes
-            self.partial_bytes = partial
-            if listener.partial_bytes > constants.PARTIAL_MESSAGE_BUDGET:
-                listener.shed_partial_messages()
+            delta, self.partial_bytes = partial - self.partial_bytes, partial
+            self.listener.limits.partial_changed(delta)
         if not messages:
             return
         receive_ms = int(time.time() * 1000)
@@ -671,10 +581,11 @@ class StreamConnection:
         if self.closed:
             return
         self.closed = self.closing = True
-        self.listener.partial_bytes -= self.partial_bytes
+        limits = self.listener.limits
+        limits.partial_changed(-self.partial_bytes)
         self.partial_bytes = 0
         if self.holds_handshake_slot:
-            self.listener.release_handshake_slot(self)
+            limits.release_handshake_slot(self)
         if self.negotiation_timer is not None:
             self.negotiation_timer.cancel()
             self.negotiation_timer = None

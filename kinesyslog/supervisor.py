@@ -116,7 +116,7 @@ class Supervisor:
         self.loop.call_every(STATS_INTERVAL, report.log_stats)
         self.loop.call_every(METRICS_INTERVAL, report.publish_metrics)
         self.loop.call_every(GELF_EXPIRY_INTERVAL, listener.expire_gelf_chunks)
-        self.loop.call_every(constants.IDLE_CHECK_INTERVAL, listener.expire_idle)
+        self.loop.call_every(constants.IDLE_CHECK_INTERVAL, listener.limits.expire_idle)
         self.loop.call_every(PROBLEM_LOG_INTERVAL, listener.problems.flush)
         if self.notifier.enabled:
             self.loop.call_every(STATUS_INTERVAL, report.report_status)

@@ -219,7 +219,7 @@ def test_idle_connections_are_closed_after_the_idle_timeout(make: object) -> Non
     while time.monotonic() < deadline:
         busy.sendall(b"tick\n")
         harness.loop.run_until(lambda: False, time.monotonic() + 0.05)
-        harness.listener.expire_idle()
+        harness.listener.limits.expire_idle()
     assert harness.counters.rejected[CloseReason.IDLE_TIMEOUT] == 1
     assert closed_by_relay(idle)
     assert len(harness.listener.connections) == 1
@@ -274,8 +274,8 @@ def test_unfinished_messages_share_one_budget_and_the_biggest_holders_go(
         harness.loop.run_until(lambda: False, time.monotonic() + 0.05)
     # The fourth hog went over the budget: two of the biggest went, down to 3/4 of it.
     harness.run_until(lambda: harness.counters.rejected[CloseReason.BUFFER_LIMIT] == 2)
-    assert harness.listener.partial_bytes <= 200_000
-    assert harness.listener.partial_bytes == sum(
+    assert harness.listener.limits.partial_bytes <= 200_000
+    assert harness.listener.limits.partial_bytes == sum(
         c.partial_bytes for c in harness.listener.connections)
     assert len(harness.listener.connections) == 4  # the normal one and three hogs
     normal.sendall(b" which ends here\n")
@@ -297,15 +297,15 @@ def test_half_open_tls_handshakes_wait_for_a_slot_unread(
     silent = [harness.connect("tls") for _ in range(2)]
     for client in silent:
         client.sendall(hello)  # then nothing more: a half-open handshake
-    harness.run_until(lambda: harness.listener.handshakes == 2)
+    harness.run_until(lambda: harness.listener.limits.handshakes == 2)
     waiting = harness.connect("tls")
     harness.run_until(lambda: len(harness.listener.connections) == 3)
     harness.loop.run_until(lambda: False, time.monotonic() + 0.1)
-    assert harness.listener.handshakes == 2
+    assert harness.listener.limits.handshakes == 2
     (queued,) = [c for c in harness.listener.connections if not c.holds_handshake_slot]
     assert not harness.loop.is_reading(queued.sock)
     silent[0].close()  # a slot frees: the waiting sender's handshake runs
     client = tls_handshake(harness, waiting, ca.cert)
     client.sendall(b"<13>1 - h app - - - after the wait\n")
     harness.run_until(lambda: harness.messages() == [b"<13>1 - h app - - - after the wait"])
-    assert harness.listener.handshakes == 1  # the other silent one
+    assert harness.listener.limits.handshakes == 1  # the other silent one
