@@ -10,6 +10,13 @@ per-call faults consumed in order, then a policy (a function of the call number)
         ...
         assert firehose.data() == expected
 
+Outages: ``refuse_connections()`` closes the listening socket (callers get ECONNREFUSED)
+until ``accept_connections()`` listens again on the same port; the ``Drop`` fault closes a
+connection without answering; ``Delay`` stores the records but answers late (a slow answer,
+or a lost one once the client gave up waiting). Each call is logged with its time
+(``Call.at``, ``time.monotonic()``): ``call_rate`` and ``first_accepted_after`` measure
+retry rates and recovery.
+
 Firehose's own limits are written here as literals on purpose: the stand-in is an oracle
 for the relay's constants, not a copy of them.
 """
@@ -17,8 +24,11 @@ for the relay's constants, not a copy of them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
+import select
+import socket
 import threading
 import time
 import uuid
@@ -73,7 +83,22 @@ class Hang:
     seconds: float
 
 
-Fault = Union[Accept, Partial, Error, Hang]
+@dataclass(frozen=True)
+class Drop:
+    """Read the request, then close the connection without any answer; nothing is stored."""
+
+
+@dataclass(frozen=True)
+class Delay:
+    """PutRecordBatch: store the records at once, then answer after ``seconds`` (or at
+    release()/stop()). Shorter than the client's timeout it is a slow answer; longer, the
+    client gives up first and the answer is lost although the records were stored (the
+    wait then ends as soon as the client closes the connection)."""
+
+    seconds: float
+
+
+Fault = Union[Accept, Partial, Error, Hang, Drop, Delay]
 Policy = Callable[[int], Fault]
 
 THROTTLING = Error(400, "ThrottlingException", "Rate exceeded.")
@@ -99,7 +124,9 @@ class Call:
     operation: str
     stream: str | None
     records: int  # records in the request (PutRecordBatch)
-    outcome: str  # "ok", "partial", "hang" or the error code answered
+    outcome: str  # "ok", "partial", "hang", "dropped", "late" or the error code answered
+    stored: int = 0  # records stored by this call
+    at: float = field(default_factory=time.monotonic)  # when the request arrived
 
 
 @dataclass
@@ -127,14 +154,17 @@ class FakeFirehose:
         self._stopped = False
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._port = 0
+        self._closed_servers: list[ThreadingHTTPServer] = []  # by refuse_connections()
 
     # Life cycle.
 
     def start(self) -> FakeFirehose:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
         server.daemon_threads = False  # server_close() joins the request threads
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
+        self._port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fake-firehose", daemon=True)
         self._thread.start()
@@ -147,9 +177,39 @@ class FakeFirehose:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        for server in self._closed_servers:
+            server.server_close()  # joins their request threads
         if self._thread is not None:
             self._thread.join(timeout=10)
             assert not self._thread.is_alive(), "fake firehose thread did not stop"
+
+    def refuse_connections(self) -> None:
+        """Closes the listening socket: new connections are refused (ECONNREFUSED) until
+        accept_connections(); requests in progress still get their answer."""
+        server, thread = self._server, self._thread
+        assert server is not None and thread is not None, "start() first"
+        server.shutdown()
+        thread.join(timeout=10)
+        server.socket.close()
+        self._closed_servers.append(server)
+        self._server = self._thread = None
+
+    def accept_connections(self, timeout: float = 10.0) -> None:
+        """Listens again on the same port after refuse_connections()."""
+        assert self._server is None, "refuse_connections() first"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.start()
+                return
+            except OSError:  # the port is briefly held by another socket
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    @property
+    def refusing(self) -> bool:
+        return self._server is None and self._port != 0
 
     def __enter__(self) -> FakeFirehose:
         return self.start()
@@ -159,9 +219,8 @@ class FakeFirehose:
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        assert self._port, "start() first"
+        return f"http://127.0.0.1:{self._port}"
 
     # Programming faults.
 
@@ -203,6 +262,21 @@ class FakeFirehose:
         with self._arrived:
             return self._arrived.wait_for(lambda: len(self._records) >= count, timeout)
 
+    def call_rate(self, operation: str, start: float, end: float) -> float:
+        """Calls of ``operation`` per second that arrived in [start, end) (monotonic time)."""
+        count = sum(1 for call in self.calls
+                    if call.operation == operation and start <= call.at < end)
+        return count / max(end - start, 1e-9)
+
+    def first_accepted_after(self, since: float) -> float | None:
+        """When the first PutRecordBatch that stored records and answered them arrived after
+        ``since`` (monotonic time), or None."""
+        for call in self.calls:
+            if (call.operation == "PutRecordBatch" and call.at >= since and call.stored
+                    and call.outcome in ("ok", "partial")):
+                return call.at
+        return None
+
     # Used by the handler.
 
     def _next_fault(self, operation: str) -> Fault:
@@ -229,6 +303,26 @@ class FakeFirehose:
             release = self._release
         self.hanging.set()
         release.wait(min(seconds, self.max_hang))
+
+    def _delay(self, seconds: float, connection: socket.socket) -> None:
+        """Waits up to ``seconds`` (bounded by max_hang), or until release()/stop() or until
+        the client closes the connection."""
+        with self._lock:
+            if self._stopped:
+                return
+            release = self._release
+        deadline = time.monotonic() + min(seconds, self.max_hang)
+        while not release.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            readable, _, _ = select.select([connection], [], [], min(remaining, 0.1))
+            if readable:
+                try:
+                    if not connection.recv(1, socket.MSG_PEEK):
+                        return  # the client gave up and closed the connection
+                except OSError:
+                    return
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -299,6 +393,9 @@ class _Handler(BaseHTTPRequestHandler):
                                         "InvalidArgumentException"))
             self._json_error(400, "InvalidArgumentException", problem)
             return
+        if isinstance(fault, Delay):
+            self._put_record_batch_late(stream, datas, fault.seconds)
+            return
         failing = fault.indices if isinstance(fault, Partial) else frozenset()
         responses: list[dict[str, str]] = []
         stored: list[StoredRecord] = []
@@ -311,13 +408,29 @@ class _Handler(BaseHTTPRequestHandler):
                 responses.append({"RecordId": record_id})
                 stored.append(StoredRecord(stream, data, record_id))
         outcome = "partial" if failing else "ok"
-        self.fake._record_call(Call("PutRecordBatch", stream, len(datas), outcome), stored)
+        self.fake._record_call(Call("PutRecordBatch", stream, len(datas), outcome, len(stored)),
+                               stored)
         self._json(200, {"FailedPutCount": len(datas) - len(stored), "Encrypted": False,
                          "RequestResponses": responses})
 
+    def _put_record_batch_late(self, stream: str, datas: list[bytes], seconds: float) -> None:
+        stored = [StoredRecord(stream, data, uuid.uuid4().hex * 2) for data in datas]
+        self.fake._record_call(Call("PutRecordBatch", stream, len(datas), "late", len(stored)),
+                               stored)
+        self.fake._delay(seconds, self.connection)
+        with contextlib.suppress(OSError):  # the client gave up: the answer is lost
+            self._json(200, {"FailedPutCount": 0, "Encrypted": False,
+                             "RequestResponses": [{"RecordId": r.record_id} for r in stored]})
+
     def _answer_fault(self, fault: Fault, operation: str, stream: str | None,
                       count: int) -> bool:
-        """Answers an Error or Hang fault; True if the call should proceed normally."""
+        """Answers an Error, Hang or Drop fault; True if the call should proceed normally."""
+        if isinstance(fault, Drop):
+            self.fake._record_call(Call(operation, stream, count, "dropped"))
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return False
         if isinstance(fault, Error):
             self.fake._record_call(Call(operation, stream, count, fault.code))
             if operation == "GetCallerIdentity":
