@@ -718,6 +718,47 @@ def wait_delivered(fake: FakeFirehose, senders: Iterable[Sender], spool: Path,
     return False
 
 
+def await_recovery(relay: Relay, fake: FakeFirehose, spool: Path,
+                   what: str) -> tuple[float, float]:
+    """Call when Firehose has just come back: seconds until it accepted the first record,
+    and until the spool held nothing written before that moment."""
+    ended, ended_wall = time.monotonic(), time.time()
+    wait_relay(relay, lambda: fake.first_accepted_after(ended) is not None, 60,
+               message=f"the first record accepted after {what}")
+    first = fake.first_accepted_after(ended)
+    assert first is not None
+    wait_relay(relay, lambda: backlog_older_than(spool, ended_wall) == 0, 120,
+               message=f"the backlog of {what} to be uploaded")
+    return first - ended, time.monotonic() - ended
+
+
+@dataclass
+class Ending:
+    """What wind_down() found."""
+
+    code: int  # the relay's exit status
+    counts: Tally
+    delivered_all: bool  # every TCP message sent reached Firehose and the spool is empty
+
+
+def wind_down(relay: Relay, monitor: Monitor, fake: FakeFirehose, spool: Path,
+              senders: list[Sender]) -> Ending:
+    """Stops the senders, waits for delivery, stops the relay and counts every message."""
+    stop_senders(senders)
+    tcp = [s for s in senders if not isinstance(s, UdpSender)]
+    delivered_all = wait_delivered(fake, tcp, spool, 120)
+    monitor.sample()
+    for sender in senders:
+        if isinstance(sender, UdpSender):
+            sender.close_span()
+    code = relay.stop()
+    monitor.stop()
+    dropped = max(monitor.counted_udp_drops(), logged_udp_drops(relay))
+    counts = tally(senders, delivered_messages(fake), spool_messages(spool) + ring_messages(spool),
+                   udp_dropped=dropped, udp_all_read=True)
+    return Ending(code, counts, delivered_all)
+
+
 def free_port() -> int:
     """A port free for TCP and UDP on 127.0.0.1, below the kernel's ephemeral range: an
     outgoing connection (the relay's own, to Firehose, before it binds) cannot take it

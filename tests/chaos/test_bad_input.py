@@ -29,7 +29,7 @@ import pytest
 
 from tests.certs import Issued
 from tests.chaos import harness
-from tests.chaos.harness import MIB, Monitor, Result, Sender, TcpSender, UdpSender
+from tests.chaos.harness import MIB, Monitor, Result, Sender, TcpSender
 from tests.e2e.relay_process import Relay, wait_for
 from tests.e2e.test_gelf import chunks
 from tests.e2e.test_tls_proxy import client_context, pki  # noqa: F401  (fixture)
@@ -215,21 +215,10 @@ def udp_junk(port: int) -> Callable[[threading.Event], None]:
 
 def finish(relay: Relay, monitor: Monitor, fake: FakeFirehose, spool: Path,
            senders: list[Sender]) -> tuple[int, harness.Tally]:
-    harness.stop_senders(senders)
-    tcp = [s for s in senders if not isinstance(s, UdpSender)]
-    delivered_all = harness.wait_delivered(fake, tcp, spool, 120)
-    monitor.sample()
-    for sender in senders:
-        if isinstance(sender, UdpSender):
-            sender.close_span()
-    code = relay.stop()
-    monitor.stop()
-    dropped = max(monitor.counted_udp_drops(), harness.logged_udp_drops(relay))
-    counts = harness.tally(senders, harness.delivered_messages(fake),
-                           harness.spool_messages(spool) + harness.ring_messages(spool),
-                           udp_dropped=dropped, udp_all_read=True)
-    assert delivered_all or counts.lost or counts.tcp_unread, "wait_delivered disagrees"
-    return code, counts
+    ending = harness.wind_down(relay, monitor, fake, spool, senders)
+    counts = ending.counts
+    assert ending.delivered_all or counts.lost or counts.tcp_unread, "wait_delivered disagrees"
+    return ending.code, counts
 
 
 def check(code: int, counts: harness.Tally, relay: Relay, idle_rss: int, peak_rss: int) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import harness
-from tests.chaos.harness import Monitor, Result, TcpSender, UdpSender
+from tests.chaos.harness import Monitor, Result, TcpSender
 from tests.e2e.relay_process import Relay
 from tests.fake_firehose import INTERNAL_ERROR, FakeFirehose
 
@@ -85,30 +85,14 @@ def test_spool_disk_full(fake_firehose: FakeFirehose, small_filesystem: Path,
             errors = spool_write_errors(harness.scrape(metrics_port))
             stalled = burst.stalled_for()
             fake_firehose.set_policy("PutRecordBatch", None)  # Firehose is back
-            ended, ended_wall = time.monotonic(), time.time()
-            harness.wait_relay(relay, lambda: fake_firehose.first_accepted_after(ended) is not None,
-                               60, message="the first record accepted after the outage")
-            first = fake_firehose.first_accepted_after(ended)
-            assert first is not None
-            harness.wait_relay(relay, lambda: harness.backlog_older_than(spool, ended_wall) == 0,
-                               120, message="the backlog to be uploaded")
-            drained = time.monotonic() - ended
+            first, drained = harness.await_recovery(relay, fake_firehose, spool, "the outage")
         finally:
             harness.stop_senders(senders)
-        udp = next(s for s in senders if isinstance(s, UdpSender))
-        delivered_all = harness.wait_delivered(
-            fake_firehose, [s for s in senders if s is not udp], spool, 120)
-        monitor.sample()
-        udp.close_span()
-        code = relay.stop()
-        monitor.stop()
-        dropped = max(monitor.counted_udp_drops(), harness.logged_udp_drops(relay))
-        counts = harness.tally(senders, harness.delivered_messages(fake_firehose),
-                               harness.spool_messages(spool) + harness.ring_messages(spool),
-                               udp_dropped=dropped, udp_all_read=True)
+        ending = harness.wind_down(relay, monitor, fake_firehose, spool, senders)
+        code, counts, delivered_all = ending.code, ending.counts, ending.delivered_all
     harness.record(Result.of(
         "3 spool disk full", prof.describe_load() + " + 1 unthrottled TCP", started, counts,
-        monitor, recovery=f"{first - ended:.1f} s first record, {drained:.1f} s backlog",
+        monitor, recovery=f"{first:.1f} s first record, {drained:.1f} s backlog",
         notes=f"tmpfs {TMPFS_SIZE}, full after {full_at:.1f} s; {errors:g} ENOSPC counted; "
               f"TCP stalled {stalled:.1f} s; healthz {status} {reason.strip()!r}"))
     print(counts.summary())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import harness
-from tests.chaos.harness import MIB, Monitor, Result, TcpSender, UdpSender
+from tests.chaos.harness import MIB, Monitor, Result, TcpSender
 from tests.e2e.relay_process import Relay
 from tests.fake_firehose import FakeFirehose, Hang
 
@@ -76,32 +76,16 @@ def test_outage_back_pressure_and_recovery(fake_firehose: FakeFirehose, tmp_path
             status, reason = harness.health(metrics_port)
             assert relay.process is not None and relay.process.poll() is None, relay.log[-3000:]
             end_outage(fake_firehose, kind)
-            ended, ended_wall = time.monotonic(), time.time()
-            harness.wait_relay(relay, lambda: fake_firehose.first_accepted_after(ended) is not None,
-                               60, message="the first record accepted after the outage")
-            first = fake_firehose.first_accepted_after(ended)
-            assert first is not None
-            harness.wait_relay(relay, lambda: harness.backlog_older_than(spool, ended_wall) == 0,
-                               120, message="the outage's backlog to be uploaded")
-            drained = time.monotonic() - ended
+            first, drained = harness.await_recovery(relay, fake_firehose, spool, "the outage")
         finally:
             harness.stop_senders(senders)
-        udp = next(s for s in senders if isinstance(s, UdpSender))
-        delivered_all = harness.wait_delivered(
-            fake_firehose, [s for s in senders if s is not udp], spool, 120)
-        monitor.sample()
-        udp.close_span()
-        code = relay.stop()
-        monitor.stop()
-        assert code == 0, relay.log[-3000:]
+        ending = harness.wind_down(relay, monitor, fake_firehose, spool, senders)
+        counts, delivered_all = ending.counts, ending.delivered_all
+        assert ending.code == 0, relay.log[-3000:]
     delivered = harness.delivered_messages(fake_firehose)
-    dropped = max(monitor.counted_udp_drops(), harness.logged_udp_drops(relay))
-    counts = harness.tally(senders, delivered, harness.spool_messages(spool)
-                           + harness.ring_messages(spool), udp_dropped=dropped,
-                           udp_all_read=True)
     disorder = harness.out_of_order(delivered)
     growth = (monitor.peak_pss - idle_pss) * 1024
-    recovery = f"{first - ended:.1f} s first record, {drained:.1f} s backlog"
+    recovery = f"{first:.1f} s first record, {drained:.1f} s backlog"
     harness.record(Result.of(
         f"2 outage ({kind})", prof.describe_load() + " + 1 unthrottled TCP", started, counts,
         monitor, recovery=recovery,
@@ -121,4 +105,4 @@ def test_outage_back_pressure_and_recovery(fake_firehose: FakeFirehose, tmp_path
     rss_growth = (monitor.peak_rss - idle_rss) * 1024  # the ring's pages count twice in RSS
     assert rss_growth <= 2 * RING + MEMORY_ALLOWANCE, \
         f"the relay's RSS grew by {rss_growth / MIB:.0f} MiB during the outage"
-    assert first - ended <= RECOVERY_TARGET, f"delivery resumed {first - ended:.1f} s after"
+    assert first <= RECOVERY_TARGET, f"delivery resumed {first:.1f} s after"

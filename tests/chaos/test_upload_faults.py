@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import harness
-from tests.chaos.harness import Monitor, Result, UdpSender
+from tests.chaos.harness import Monitor, Result
 from tests.e2e.relay_process import Relay, wait_for
 from tests.fake_firehose import (
     INTERNAL_ERROR,
@@ -137,18 +137,8 @@ def run_faults(fake: FakeFirehose, tmp_path: Path, prof: harness.Profile, title:
             time.sleep(1.0)
         finally:
             harness.stop_senders(senders)
-        tcp = [s for s in senders if not isinstance(s, UdpSender)]
-        delivered_all = harness.wait_delivered(fake, tcp, spool, 120)
-        monitor.sample()
-        for sender in senders:
-            if isinstance(sender, UdpSender):
-                sender.close_span()
-        code = relay.stop()
-        monitor.stop()
-        dropped = max(monitor.counted_udp_drops(), harness.logged_udp_drops(relay))
-        counts = harness.tally(senders, harness.delivered_messages(fake),
-                               harness.spool_messages(spool) + harness.ring_messages(spool),
-                               udp_dropped=dropped, udp_all_read=True)
+        ending = harness.wind_down(relay, monitor, fake, spool, senders)
+        code, counts, delivered_all = ending.code, ending.counts, ending.delivered_all
     outcomes = sorted({c.outcome for c in fake.calls if c.operation == "PutRecordBatch"})
     harness.record(Result.of(
         title, prof.describe_load(), started, counts, monitor,
