@@ -1,52 +1,24 @@
-"""Fuzz the RFC 6587 framer: round trips, chunking, and a pure-Python reference framer."""
+"""Fuzz the RFC 6587 framer: round trips, chunking, and the Cython framer against the
+pure-Python reference (tests/reference/framing.py) on random streams, feed by feed."""
 
 from __future__ import annotations
 
-import re
+from types import ModuleType
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kinesyslog._fast.framing import StreamFramer, frame_datagram
+from kinesyslog._fast import framing as cython
+from tests.reference import framing as reference
+from tests.reference.framing import MSG_LEN_SP, frame_stream
 
-OCTET_PREFIX = re.compile(rb"[1-9][0-9]{0,8} ")
-
-
-def reference_frames(stream: bytes, max_size: int) -> tuple[list[bytes], int, int]:
-    """docs/contract.md §4.2 framing of a whole stream, then close:
-    (messages, truncated, dropped)."""
-    messages: list[bytes] = []
-    truncated = dropped = 0
-    i = 0
-    while i < len(stream):
-        prefix = OCTET_PREFIX.match(stream, i, i + 10)
-        if prefix:
-            length = int(prefix.group()[:-1])
-            start = prefix.end()
-            content = stream[start : start + length]
-            if len(content) < length and not length > max_size <= len(content):
-                dropped += 1  # incomplete, and not delivered truncated before the end
-                break
-            i = start + length
-            cut = length > max_size
-        else:
-            ends = [k for k in (stream.find(b"\n", i), stream.find(b"\0", i)) if k >= 0]
-            end = min(ends, default=len(stream))
-            content = stream[i:end]
-            if (end == len(stream) or stream[end] == 10) and content.endswith(b"\r"):
-                content = content[:-1]
-            i = end + 1
-            cut = len(content) > max_size
-        if cut:
-            content = content[:max_size]
-            truncated += 1
-        if content:
-            messages.append(content)
-    return messages, truncated, dropped
+IMPLEMENTATIONS = (cython, reference)
 
 
-def feed_chunks(stream: bytes, cuts: list[int], max_size: int) -> tuple[list[bytes], int, int]:
-    framer = StreamFramer(max_size)
+def feed_chunks(implementation: ModuleType, stream: bytes, cuts: list[int], max_size: int,
+                ) -> tuple[list[bytes], int, int]:
+    """Feed the stream cut at `cuts`, then close: (messages, truncated, dropped)."""
+    framer = implementation.StreamFramer(max_size)
     messages: list[bytes] = []
     bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
     for a, b in zip(bounds, bounds[1:]):
@@ -55,6 +27,29 @@ def feed_chunks(stream: bytes, cuts: list[int], max_size: int) -> tuple[list[byt
     messages += framer.close()
     assert all(len(m) <= max_size for m in messages)
     return messages, framer.truncated, framer.incomplete_dropped
+
+
+def assert_same_framing(stream: bytes, cuts: list[int], max_size: int) -> None:
+    """Both framers fed the same pieces give the same messages at the same feed, hold the
+    same bytes and count the same; and what they give is the whole-stream statement of the
+    rules (frame_stream)."""
+    framers = [implementation.StreamFramer(max_size) for implementation in IMPLEMENTATIONS]
+    messages: list[bytes] = []
+    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
+    for a, b in zip(bounds, bounds[1:]):
+        fed = [framer.feed(stream[a:b]) for framer in framers]
+        assert fed[0] == fed[1], (a, b)
+        states = [(f.buffered, f.truncated, f.incomplete_dropped) for f in framers]
+        assert states[0] == states[1], (a, b)
+        assert states[0][0] <= max_size + 16
+        messages += fed[0]
+    closed = [framer.close() for framer in framers]
+    assert closed[0] == closed[1]
+    messages += closed[0]
+    counts = [(f.truncated, f.incomplete_dropped, f.buffered) for f in framers]
+    assert counts[0] == counts[1]
+    assert all(len(m) <= max_size for m in messages)
+    assert (messages, *counts[0][:2]) == frame_stream(stream, max_size)
 
 
 cuts_strategy = st.lists(st.integers(min_value=0, max_value=10_000), max_size=20)
@@ -67,7 +62,7 @@ def framed_messages(draw: st.DrawFn) -> tuple[list[bytes], bytes]:
     parts = []
     for message in messages:
         forms = ["octet"]
-        if b"\n" not in message and b"\0" not in message and not OCTET_PREFIX.match(message):
+        if b"\n" not in message and b"\0" not in message and not MSG_LEN_SP.match(message):
             forms.append("nul")
             if not message.endswith(b"\r"):
                 forms += ["lf", "crlf"]
@@ -82,7 +77,9 @@ def framed_messages(draw: st.DrawFn) -> tuple[list[bytes], bytes]:
 @given(framed_messages(), cuts_strategy)
 def test_round_trip_in_any_chunking(framed: tuple[list[bytes], bytes], cuts: list[int]) -> None:
     messages, stream = framed
-    assert feed_chunks(stream, cuts, 64) == (messages, 0, 0)
+    for implementation in IMPLEMENTATIONS:
+        assert feed_chunks(implementation, stream, cuts, 64) == (messages, 0, 0)
+    assert frame_stream(stream, 64) == (messages, 0, 0)
 
 
 # Bytes that matter to the framer, so that random streams hit its edge cases often.
@@ -98,22 +95,15 @@ edgy_bytes = st.lists(
     st.integers(min_value=1, max_value=24),
 )
 def test_matches_the_reference_framer(stream: bytes, cuts: list[int], max_size: int) -> None:
-    assert feed_chunks(stream, cuts, max_size) == reference_frames(stream, max_size)
+    assert_same_framing(stream, cuts, max_size)
 
 
 @given(st.binary(max_size=3000), cuts_strategy, st.integers(min_value=1, max_value=1100))
 def test_arbitrary_bytes_never_raise(stream: bytes, cuts: list[int], max_size: int) -> None:
-    assert feed_chunks(stream, cuts, max_size) == reference_frames(stream, max_size)
+    assert_same_framing(stream, cuts, max_size)
 
 
 @given(st.one_of(edgy_bytes, st.binary(max_size=100)), st.integers(min_value=1, max_value=24))
 def test_datagram_matches_reference(datagram: bytes, max_size: int) -> None:
-    expected = datagram
-    for trailer in (b"\r\n", b"\n", b"\0"):
-        if expected.endswith(trailer):
-            expected = expected[: -len(trailer)]
-            break
-    assert frame_datagram(datagram, max_size) == (
-        expected[:max_size],
-        len(expected) > max_size,
-    )
+    assert cython.frame_datagram(datagram, max_size) == reference.frame_datagram(
+        datagram, max_size)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kinesyslog import metrics
+from tests import backends
 from tests.fake_firehose import FakeFirehose
 
 MOTO_START_TIMEOUT = 30.0
@@ -35,6 +36,13 @@ _AWS_VARIABLES_CLEARED = (
 def in_process_metrics() -> None:
     """The metric objects for code under test in this process (the relay makes its own)."""
     metrics.setup(None)
+
+
+@pytest.fixture(params=backends.selected(), ids=lambda backend: backend.name)
+def backend(request: pytest.FixtureRequest) -> backends.Backend:
+    """Each implementation of the parsers in turn, "cython" and "reference" (tests/backends.py;
+    KINESYSLOG_TEST_BACKEND=cython|reference|both selects them)."""
+    return request.param
 
 
 @pytest.fixture

@@ -1,20 +1,22 @@
-"""Event JSON encoding, ids and per-stream buffers (kinesyslog._fast.events)."""
+"""Event JSON encoding, ids and per-stream buffers (kinesyslog._fast.events), run against both
+implementations (the `backend` fixture: Cython and tests/reference/events.py)."""
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 
-from kinesyslog._fast.events import EventBuffers, IdGenerator, json_string, new_id_prefix
-from kinesyslog._fast.syslog import TimestampExtractor
 from kinesyslog.constants import KIND_GELF, KIND_SYSLOG
+from tests.backends import Backend
 
 PREFIX = b"123456789012345678901234567890123456"
 
 
 def reference(message: bytes) -> bytes:
+    """docs/contract.md §4.8, literally."""
     return json.dumps(message.decode("utf-8", "backslashreplace"), ensure_ascii=False).encode()
 
 
@@ -36,8 +38,8 @@ def reference(message: bytes) -> bytes:
         (b"\\xff", b'"\\\\xff"'),  # the same text, sent literally
     ],
 )
-def test_json_string_exact(message: bytes, expected: bytes) -> None:
-    assert json_string(message) == expected
+def test_json_string_exact(backend: Backend, message: bytes, expected: bytes) -> None:
+    assert backend.events.json_string(message) == expected
     assert reference(message) == expected
 
 
@@ -66,18 +68,19 @@ JSON_INPUTS = [
 
 
 @pytest.mark.parametrize("message", JSON_INPUTS)
-def test_json_string_matches_json_dumps(message: bytes) -> None:
+def test_json_string_matches_json_dumps(backend: Backend, message: bytes) -> None:
     expected = reference(message)
-    assert json_string(message) == expected
+    assert backend.events.json_string(message) == expected
     # Every alignment of the 8-byte fast path.
     for start in range(1, 9):
-        assert json_string(b"a" * start + message) == reference(b"a" * start + message)
-    assert json_string(bytearray(message)) == expected
-    assert json_string(memoryview(b"__" + message)[2:]) == expected
+        shifted = b"a" * start + message
+        assert backend.events.json_string(shifted) == reference(shifted)
+    assert backend.events.json_string(bytearray(message)) == expected
+    assert backend.events.json_string(memoryview(b"__" + message)[2:]) == expected
 
 
-def test_id_generator_counts_from_zero() -> None:
-    ids = IdGenerator(PREFIX)
+def test_id_generator_counts_from_zero(backend: Backend) -> None:
+    ids = backend.events.IdGenerator(PREFIX)
     assert ids.next_id() == PREFIX + b"0" * 20
     assert ids.next_id() == PREFIX + b"0" * 19 + b"1"
     for _ in range(7):
@@ -91,37 +94,38 @@ def test_id_generator_counts_from_zero() -> None:
 
 
 @pytest.mark.parametrize("prefix", [b"", b"1" * 35, b"1" * 37, b"1" * 35 + b"a", b"1" * 35 + b" "])
-def test_id_prefix_must_be_36_digits(prefix: bytes) -> None:
+def test_id_prefix_must_be_36_digits(backend: Backend, prefix: bytes) -> None:
     with pytest.raises(ValueError):
-        IdGenerator(prefix)
+        backend.events.IdGenerator(prefix)
 
 
-def test_id_prefix_must_be_bytes() -> None:
+def test_id_prefix_must_be_bytes(backend: Backend) -> None:
     with pytest.raises(TypeError):
-        IdGenerator("1" * 36)  # type: ignore[arg-type]
+        backend.events.IdGenerator("1" * 36)  # type: ignore[arg-type]
 
 
-def test_new_id_prefix() -> None:
+def test_new_id_prefix(backend: Backend) -> None:
     before = time.time_ns()
-    prefix = new_id_prefix()
+    prefix = backend.events.new_id_prefix()
     after = time.time_ns()
     assert len(prefix) == 36
     assert prefix.isdigit()
     assert before <= int(prefix[:20]) <= after
-    assert new_id_prefix() != prefix
-    IdGenerator(prefix)
+    assert backend.events.new_id_prefix() != prefix
+    backend.events.IdGenerator(prefix)
 
 
-def make_buffers() -> EventBuffers:
-    return EventBuffers(TimestampExtractor("UTC"), IdGenerator(PREFIX))
+def make_buffers(backend: Backend) -> Any:
+    return backend.events.EventBuffers(backend.syslog.TimestampExtractor("UTC"),
+                                       backend.events.IdGenerator(PREFIX))
 
 
 def event_id(n: int) -> bytes:
     return PREFIX + b"%020d" % n
 
 
-def test_encoded_events_exact_bytes() -> None:
-    buffers = make_buffers()
+def test_encoded_events_exact_bytes(backend: Backend) -> None:
+    buffers = make_buffers(backend)
     buffers.add_batch(
         [
             (0, 514, b"192.0.2.7", 1519247270240, b"<13>1 2018-02-21T21:07:50.123Z host - - - hi"),
@@ -144,8 +148,8 @@ def test_encoded_events_exact_bytes() -> None:
     ]
 
 
-def test_events_are_json_dumps_of_the_event() -> None:
-    buffers = make_buffers()
+def test_events_are_json_dumps_of_the_event(backend: Backend) -> None:
+    buffers = make_buffers(backend)
     message = "<13>Feb 29 10:11:12 host: é \x01".encode() + b"\xc3"
     buffers.add_batch([(KIND_SYSLOG, 12201, b"2001:db8::1", 1709294400000, message)])
     [(_, [event])] = buffers.take()
@@ -157,8 +161,8 @@ def test_events_are_json_dumps_of_the_event() -> None:
     assert event == json.dumps(expected, ensure_ascii=False).encode()
 
 
-def test_gelf_entries_take_the_gelf_timestamp() -> None:
-    buffers = make_buffers()
+def test_gelf_entries_take_the_gelf_timestamp(backend: Backend) -> None:
+    buffers = make_buffers(backend)
     gelf = b'{"version": "1.1", "short_message": "<13>Feb 29 10:11:12 x", "timestamp": 1.5}'
     syslog_like = b"<13>Feb 29 10:11:12 host: m"
     buffers.add_batch(
@@ -181,8 +185,8 @@ def test_gelf_entries_take_the_gelf_timestamp() -> None:
     assert buffers.gelf_invalid_json == 2
 
 
-def test_grouping_order_and_totals() -> None:
-    buffers = make_buffers()
+def test_grouping_order_and_totals(backend: Backend) -> None:
+    buffers = make_buffers(backend)
     entries = [
         (0, 514, b"a", 300, b"m0"),
         (0, 514, b"a", 100, b"m1"),
@@ -215,8 +219,8 @@ def test_grouping_order_and_totals() -> None:
     assert [json.loads(e)["timestamp"] for e in taken[0][1]] == [300, 100, 600]
 
 
-def test_totals_and_take_resets() -> None:
-    buffers = make_buffers()
+def test_totals_and_take_resets(backend: Backend) -> None:
+    buffers = make_buffers(backend)
     buffers.add_batch([(0, 514, b"a", 300, b"x"), (0, 514, b"b", 100, b"yy")])
     first = b'{"id": "' + event_id(0) + b'", "timestamp": 300, "message": "x"}'
     second = b'{"id": "' + event_id(1) + b'", "timestamp": 100, "message": "yy"}'
@@ -233,8 +237,8 @@ def test_totals_and_take_resets() -> None:
     ]
 
 
-def test_equal_sources_share_a_group_whatever_the_object() -> None:
-    buffers = make_buffers()
+def test_equal_sources_share_a_group_whatever_the_object(backend: Backend) -> None:
+    buffers = make_buffers(backend)
     source = b"198.51.100.1"
     buffers.add_batch(
         [
@@ -250,8 +254,8 @@ def test_equal_sources_share_a_group_whatever_the_object() -> None:
     ]
 
 
-def test_large_message_grows_the_scratch_buffer() -> None:
-    buffers = make_buffers()
+def test_large_message_grows_the_scratch_buffer(backend: Backend) -> None:
+    buffers = make_buffers(backend)
     message = b"\x01\xff" * 300_000
     buffers.add_batch([(0, 514, b"a", 1, message)])
     [(_, [event])] = buffers.take()
@@ -259,8 +263,8 @@ def test_large_message_grows_the_scratch_buffer() -> None:
     assert len(event) == 80 + 1 + 13 + 2 + 300_000 * 11 + 1
 
 
-def test_messages_may_be_any_buffer() -> None:
-    buffers = make_buffers()
+def test_messages_may_be_any_buffer(backend: Backend) -> None:
+    buffers = make_buffers(backend)
     buffers.add_batch([(0, 514, b"a", 1, bytearray(b"x")), (0, 514, b"a", 2, memoryview(b"y"))])
     [(_, events)] = buffers.take()
     assert [json.loads(e)["message"] for e in events] == ["x", "y"]
@@ -276,6 +280,6 @@ def test_messages_may_be_any_buffer() -> None:
         [0, 514, b"a", 1, b"m"],
     ],
 )
-def test_malformed_entries_raise(entry: object) -> None:
+def test_malformed_entries_raise(backend: Backend, entry: object) -> None:
     with pytest.raises((TypeError, ValueError)):
-        make_buffers().add_batch([entry])
+        make_buffers(backend).add_batch([entry])

@@ -1,4 +1,5 @@
-"""RFC 6587 stream framing and RFC 5426 datagram framing (kinesyslog._fast.framing)."""
+"""RFC 6587 stream framing and RFC 5426 datagram framing (kinesyslog._fast.framing), run
+against both implementations (the `backend` fixture: Cython and tests/reference/framing.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import random
 
 import pytest
 
-from kinesyslog._fast.framing import StreamFramer, frame_datagram
+from tests.backends import Backend
 
 
-def frame_all(chunks: list[bytes], max_size: int = 64) -> tuple[list[bytes], int, int]:
+def frame_all(backend: Backend, chunks: list[bytes], max_size: int = 64,
+              ) -> tuple[list[bytes], int, int]:
     """Messages from feeding chunks then closing, with (truncated, incomplete_dropped)."""
-    framer = StreamFramer(max_size)
+    framer = backend.framing.StreamFramer(max_size)
     messages: list[bytes] = []
     for chunk in chunks:
         messages += framer.feed(chunk)
@@ -71,24 +73,26 @@ CASES = [
 
 @pytest.mark.parametrize(("stream", "max_size", "expected", "truncated", "dropped"), CASES)
 def test_one_feed(
-    stream: bytes, max_size: int, expected: list[bytes], truncated: int, dropped: int
+    backend: Backend, stream: bytes, max_size: int, expected: list[bytes], truncated: int,
+    dropped: int,
 ) -> None:
-    assert frame_all([stream], max_size) == (expected, truncated, dropped)
+    assert frame_all(backend, [stream], max_size) == (expected, truncated, dropped)
 
 
 @pytest.mark.parametrize(("stream", "max_size", "expected", "truncated", "dropped"), CASES)
 def test_every_split_gives_the_same_result(
-    stream: bytes, max_size: int, expected: list[bytes], truncated: int, dropped: int
+    backend: Backend, stream: bytes, max_size: int, expected: list[bytes], truncated: int,
+    dropped: int,
 ) -> None:
     result = (expected, truncated, dropped)
     positions = range(len(stream) + 1)
     for count in (1, 2):
         for points in itertools.combinations_with_replacement(positions, count):
-            assert frame_all(splits(stream, points), max_size) == result, points
-    assert frame_all([bytes([b]) for b in stream], max_size) == result
+            assert frame_all(backend, splits(stream, points), max_size) == result, points
+    assert frame_all(backend, [bytes([b]) for b in stream], max_size) == result
 
 
-def test_random_splits_of_a_long_mixed_stream() -> None:
+def test_random_splits_of_a_long_mixed_stream(backend: Backend) -> None:
     rng = random.Random(6587)
     parts = []
     expected = []
@@ -105,14 +109,14 @@ def test_random_splits_of_a_long_mixed_stream() -> None:
             parts.append(body + b"\x00")
         expected.append(body)
     stream = b"".join(parts)
-    assert frame_all([stream], 128) == (expected, 0, 0)
+    assert frame_all(backend, [stream], 128) == (expected, 0, 0)
     for _ in range(50):
         points = tuple(sorted(rng.randrange(len(stream) + 1) for _ in range(rng.randrange(30))))
-        assert frame_all(splits(stream, points), 128) == (expected, 0, 0)
+        assert frame_all(backend, splits(stream, points), 128) == (expected, 0, 0)
 
 
-def test_accepts_any_buffer() -> None:
-    framer = StreamFramer(64)
+def test_accepts_any_buffer(backend: Backend) -> None:
+    framer = backend.framing.StreamFramer(64)
     assert framer.feed(bytearray(b"a\nb")) == [b"a"]
     assert framer.feed(memoryview(b"__\ncd\n")[2:]) == [b"b", b"cd"]
     assert framer.feed(bytearray(b"3 abc")) == [b"abc"]
@@ -120,14 +124,14 @@ def test_accepts_any_buffer() -> None:
         framer.feed("text")  # type: ignore[arg-type]
 
 
-def test_messages_are_bytes_even_from_a_bytearray() -> None:
-    messages = StreamFramer(64).feed(bytearray(b"abc\n"))
+def test_messages_are_bytes_even_from_a_bytearray(backend: Backend) -> None:
+    messages = backend.framing.StreamFramer(64).feed(bytearray(b"abc\n"))
     assert messages == [b"abc"]
     assert type(messages[0]) is bytes
 
 
-def test_buffered_counts_the_incomplete_tail() -> None:
-    framer = StreamFramer(64)
+def test_buffered_counts_the_incomplete_tail(backend: Backend) -> None:
+    framer = backend.framing.StreamFramer(64)
     assert framer.feed(b"a\nbcd") == [b"a"]
     assert framer.buffered == 3
     assert framer.feed(b"12") == []
@@ -140,8 +144,8 @@ def test_buffered_counts_the_incomplete_tail() -> None:
     assert framer.buffered == 0
 
 
-def test_huge_octet_count_is_skipped_across_many_feeds() -> None:
-    framer = StreamFramer(1024)
+def test_huge_octet_count_is_skipped_across_many_feeds(backend: Backend) -> None:
+    framer = backend.framing.StreamFramer(1024)
     assert framer.feed(b"999999999 ") == []
     chunk = b"z" * 65536
     messages = framer.feed(chunk)
@@ -158,8 +162,8 @@ def test_huge_octet_count_is_skipped_across_many_feeds() -> None:
     assert (framer.truncated, framer.incomplete_dropped) == (1, 0)
 
 
-def test_endless_line_holds_bounded_memory() -> None:
-    framer = StreamFramer(1024)
+def test_endless_line_holds_bounded_memory(backend: Backend) -> None:
+    framer = backend.framing.StreamFramer(1024)
     assert framer.feed(b"y" * 1000) == []
     assert framer.feed(b"y" * 1000) == [b"y" * 1024]
     for _ in range(100):
@@ -169,8 +173,8 @@ def test_endless_line_holds_bounded_memory() -> None:
     assert framer.truncated == 1
 
 
-def test_close_resets_the_framer() -> None:
-    framer = StreamFramer(64)
+def test_close_resets_the_framer(backend: Backend) -> None:
+    framer = backend.framing.StreamFramer(64)
     assert framer.feed(b"7 abc") == []
     assert framer.close() == []
     assert framer.incomplete_dropped == 1
@@ -180,11 +184,11 @@ def test_close_resets_the_framer() -> None:
     assert framer.incomplete_dropped == 1
 
 
-def test_max_message_size_must_be_positive() -> None:
+def test_max_message_size_must_be_positive(backend: Backend) -> None:
     with pytest.raises(ValueError):
-        StreamFramer(0)
+        backend.framing.StreamFramer(0)
     with pytest.raises(ValueError):
-        frame_datagram(b"x", 0)
+        backend.framing.frame_datagram(b"x", 0)
 
 
 @pytest.mark.parametrize(
@@ -207,6 +211,8 @@ def test_max_message_size_must_be_positive() -> None:
         (b"5 hello", 64, (b"5 hello", False)),
     ],
 )
-def test_frame_datagram(datagram: bytes, max_size: int, expected: tuple[bytes, bool]) -> None:
-    assert frame_datagram(datagram, max_size) == expected
-    assert frame_datagram(memoryview(datagram), max_size) == expected
+def test_frame_datagram(
+    backend: Backend, datagram: bytes, max_size: int, expected: tuple[bytes, bool]
+) -> None:
+    assert backend.framing.frame_datagram(datagram, max_size) == expected
+    assert backend.framing.frame_datagram(memoryview(datagram), max_size) == expected

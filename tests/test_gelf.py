@@ -1,4 +1,6 @@
-"""GELF 1.1 input (kinesyslog._fast.gelf): chunks, payloads, stream framing, timestamps."""
+"""GELF 1.1 input (kinesyslog._fast.gelf): chunks, payloads, stream framing, timestamps; run
+against both implementations (the `backend` fixture: Cython and tests/reference/gelf.py)
+except the check of the extension's memory accounting."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import struct
 import time
 import tracemalloc
 import zlib
+from typing import Any
 
 import pytest
 
@@ -17,16 +20,13 @@ from kinesyslog._fast.gelf import (
     MESSAGE_OVERHEAD,
     SLOT_OVERHEAD,
     ChunkAssembler,
-    GelfStreamFramer,
-    decode_payload,
-    gelf_timestamp,
-    is_json_object,
 )
 from kinesyslog.constants import (
     GELF_CHUNK_TIMEOUT,
     GELF_MAX_PENDING_BYTES,
     GELF_MAX_PENDING_MESSAGES,
 )
+from tests.backends import Backend
 
 DOC = b'{"version": "1.1", "host": "h", "short_message": "hello", "timestamp": 1709201472.5}'
 
@@ -45,7 +45,14 @@ def message_cost(count: int, *sizes: int) -> int:
     return MESSAGE_OVERHEAD + SLOT_OVERHEAD * count + sum(CHUNK_OVERHEAD + s for s in sizes)
 
 
-def counters(assembler: ChunkAssembler) -> dict[str, int]:
+def test_memory_costs_are_the_same(backend: Backend) -> None:
+    """pending_bytes is stated in these units (docs/contract.md §4.5): both implementations
+    charge the same."""
+    assert (backend.gelf.CHUNK_OVERHEAD, backend.gelf.MESSAGE_OVERHEAD,
+            backend.gelf.SLOT_OVERHEAD) == (CHUNK_OVERHEAD, MESSAGE_OVERHEAD, SLOT_OVERHEAD)
+
+
+def counters(assembler: Any) -> dict[str, int]:
     names = ["expired", "evicted", "invalid", "duplicates", "empty", "oversized"]
     return {name: getattr(assembler, name) for name in names if getattr(assembler, name)}
 
@@ -53,26 +60,26 @@ def counters(assembler: ChunkAssembler) -> dict[str, int]:
 # --- whole datagrams and payloads -------------------------------------------------------
 
 
-def test_defaults() -> None:
-    assembler = ChunkAssembler(65536)
+def test_defaults(backend: Backend) -> None:
+    assembler = backend.gelf.ChunkAssembler(65536)
     assert assembler.max_pending_bytes == GELF_MAX_PENDING_BYTES == 32 * 1024 * 1024
     assert assembler.max_pending_messages == GELF_MAX_PENDING_MESSAGES == 8192
     assert assembler.timeout == GELF_CHUNK_TIMEOUT == 5.0
     assert assembler.max_reassembled == 128 * 8192
-    assert ChunkAssembler(900 * 1024).max_reassembled == 2 * 900 * 1024
+    assert backend.gelf.ChunkAssembler(900 * 1024).max_reassembled == 2 * 900 * 1024
     assert (assembler.pending_bytes, assembler.pending_messages, counters(assembler)) == (0, 0, {})
 
 
 @pytest.mark.parametrize(
     "arguments", [(0,), (100, 0), (100, 1000, 0), (100, 1000, 10, 0.0), (100, 1000, 10, -1.0)]
 )
-def test_bad_arguments(arguments: tuple) -> None:
+def test_bad_arguments(backend: Backend, arguments: tuple) -> None:
     with pytest.raises(ValueError):
-        ChunkAssembler(*arguments)
+        backend.gelf.ChunkAssembler(*arguments)
 
 
-def test_whole_datagrams_are_returned_as_they_are() -> None:
-    assembler = ChunkAssembler(1024)
+def test_whole_datagrams_are_returned_as_they_are(backend: Backend) -> None:
+    assembler = backend.gelf.ChunkAssembler(1024)
     assert assembler.feed(DOC, 0.0) is DOC
     assert assembler.feed(bytearray(DOC), 0.0) == DOC
     assert assembler.feed(memoryview(b"__" + DOC)[2:], 0.0) == DOC
@@ -83,8 +90,8 @@ def test_whole_datagrams_are_returned_as_they_are() -> None:
     assert counters(assembler) == {}
 
 
-def test_empty_and_truncated_chunk_headers_are_counted() -> None:
-    assembler = ChunkAssembler(1024)
+def test_empty_and_truncated_chunk_headers_are_counted(backend: Backend) -> None:
+    assembler = backend.gelf.ChunkAssembler(1024)
     assert assembler.feed(b"", 0.0) is None
     assert assembler.feed(bytearray(), 0.0) is None
     for length in range(2, 12):
@@ -94,10 +101,10 @@ def test_empty_and_truncated_chunk_headers_are_counted() -> None:
 
 
 @pytest.mark.parametrize("level", [0, 1, 6, 9])
-def test_decode_zlib_at_every_level(level: int) -> None:
+def test_decode_zlib_at_every_level(backend: Backend, level: int) -> None:
     compressed = zlib.compress(DOC, level)
     assert compressed[0] == 0x78
-    assert decode_payload(compressed, 1024) == (DOC, "ok")
+    assert backend.gelf.decode_payload(compressed, 1024) == (DOC, "ok")
 
 
 @pytest.mark.parametrize(
@@ -125,21 +132,21 @@ def test_decode_zlib_at_every_level(level: int) -> None:
         (b"\x1f\x8b\x08\x00garbage", 1024, (None, "corrupt")),
     ],
 )
-def test_decode_payload(payload: bytes, max_size: int, expected: tuple) -> None:
-    assert decode_payload(payload, max_size) == expected
-    assert decode_payload(bytearray(payload), max_size) == expected
-    assert decode_payload(memoryview(b"__" + payload)[2:], max_size) == expected
+def test_decode_payload(backend: Backend, payload: bytes, max_size: int, expected: tuple) -> None:
+    assert backend.gelf.decode_payload(payload, max_size) == expected
+    assert backend.gelf.decode_payload(bytearray(payload), max_size) == expected
+    assert backend.gelf.decode_payload(memoryview(b"__" + payload)[2:], max_size) == expected
 
 
-def test_decode_payload_returns_plain_bytes_without_copying() -> None:
-    message, status = decode_payload(DOC, 1024)
+def test_decode_payload_returns_plain_bytes_without_copying(backend: Backend) -> None:
+    message, status = backend.gelf.decode_payload(DOC, 1024)
     assert (message is DOC, status) == (True, "ok")
     with pytest.raises(ValueError):
-        decode_payload(DOC, 0)
+        backend.gelf.decode_payload(DOC, 0)
 
 
 @pytest.mark.parametrize("wrap", [zlib.compress, gzip.compress])
-def test_decompression_bomb_is_capped_without_inflating_it(wrap: object) -> None:
+def test_decompression_bomb_is_capped_without_inflating_it(backend: Backend, wrap: object) -> None:
     zeros = bytes(100 * 1024 * 1024)
     bomb = wrap(zeros)  # type: ignore[operator]
     del zeros
@@ -147,7 +154,7 @@ def test_decompression_bomb_is_capped_without_inflating_it(wrap: object) -> None
     tracemalloc.start()
     try:
         started = time.perf_counter()
-        message, status = decode_payload(bomb, 65536)
+        message, status = backend.gelf.decode_payload(bomb, 65536)
         elapsed = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -162,44 +169,44 @@ def test_decompression_bomb_is_capped_without_inflating_it(wrap: object) -> None
 
 @pytest.mark.parametrize("order", ["in order", "reversed", "shuffled"])
 @pytest.mark.parametrize("count", [2, 3, 4, 7, 128])
-def test_chunks_reassemble_in_any_order(order: str, count: int) -> None:
+def test_chunks_reassemble_in_any_order(backend: Backend, order: str, count: int) -> None:
     payload = bytes(range(256)) * 5
     chunks = split(0x0102030405060708, payload, count)
     if order == "reversed":
         chunks.reverse()
     elif order == "shuffled":
         random.Random(count).shuffle(chunks)
-    assembler = ChunkAssembler(65536)
+    assembler = backend.gelf.ChunkAssembler(65536)
     results = [assembler.feed(c, 1.0) for c in chunks]
     assert results == [None] * (count - 1) + [payload]
     assert (assembler.pending_bytes, assembler.pending_messages, counters(assembler)) == (0, 0, {})
 
 
-def test_every_order_of_four_chunks() -> None:
+def test_every_order_of_four_chunks(backend: Backend) -> None:
     chunks = split(42, DOC, 4)
     for permutation in itertools.permutations(chunks):
-        assembler = ChunkAssembler(1024)
+        assembler = backend.gelf.ChunkAssembler(1024)
         assert [assembler.feed(c, 0.0) for c in permutation] == [None, None, None, DOC]
 
 
-def test_a_single_chunk_message_is_returned_at_once() -> None:
-    assembler = ChunkAssembler(1024)
+def test_a_single_chunk_message_is_returned_at_once(backend: Backend) -> None:
+    assembler = backend.gelf.ChunkAssembler(1024)
     assert assembler.feed(chunk(1, 0, 1, DOC), 0.0) == DOC
     assert assembler.feed(chunk(1, 0, 1, b""), 0.0) == b""
     assert (assembler.pending_messages, counters(assembler)) == (0, {})
 
 
-def test_compressed_payload_in_chunks() -> None:
+def test_compressed_payload_in_chunks(backend: Backend) -> None:
     compressed = gzip.compress(DOC * 20)
-    assembler = ChunkAssembler(4096)
+    assembler = backend.gelf.ChunkAssembler(4096)
     results = [assembler.feed(c, 0.0) for c in reversed(split(9, compressed, 3))]
     assert results[:2] == [None, None]
-    assert decode_payload(results[2], 4096) == (DOC * 20, "ok")
+    assert backend.gelf.decode_payload(results[2], 4096) == (DOC * 20, "ok")
 
 
-def test_duplicates_are_ignored_and_counted() -> None:
+def test_duplicates_are_ignored_and_counted(backend: Backend) -> None:
     chunks = split(5, DOC, 3)
-    assembler = ChunkAssembler(1024)
+    assembler = backend.gelf.ChunkAssembler(1024)
     feeds = [chunks[0], chunks[0], chunks[2], chunks[0], chunks[2]]
     assert [assembler.feed(c, 0.0) for c in feeds] == [None] * 5
     assert counters(assembler) == {"duplicates": 3}
@@ -213,9 +220,9 @@ def test_duplicates_are_ignored_and_counted() -> None:
     assert assembler.expire(5.5) == 1
 
 
-def test_interleaved_messages() -> None:
+def test_interleaved_messages(backend: Backend) -> None:
     first, second = split(1, DOC, 3), split(2, DOC[::-1], 3)
-    assembler = ChunkAssembler(1024)
+    assembler = backend.gelf.ChunkAssembler(1024)
     feeds = [first[1], second[2], first[0], second[0], second[1], first[2]]
     results = [assembler.feed(c, 0.0) for c in feeds]
     assert results == [None, None, None, None, DOC[::-1], DOC]
@@ -233,23 +240,23 @@ def test_interleaved_messages() -> None:
         ((128, 128), "seq = count"),
     ],
 )
-def test_invalid_chunk_headers(header: tuple[int, int], why: str) -> None:
-    assembler = ChunkAssembler(1024)
+def test_invalid_chunk_headers(backend: Backend, header: tuple[int, int], why: str) -> None:
+    assembler = backend.gelf.ChunkAssembler(1024)
     assert assembler.feed(chunk(1, *header, b"data"), 0.0) is None, why
     assert (assembler.pending_messages, counters(assembler)) == (0, {"invalid": 1})
 
 
-def test_128_chunks_are_the_maximum() -> None:
+def test_128_chunks_are_the_maximum(backend: Backend) -> None:
     payload = bytes(range(128)) * 3
     chunks = split(3, payload, 128)
-    assembler = ChunkAssembler(1024)
+    assembler = backend.gelf.ChunkAssembler(1024)
     assert [assembler.feed(c, 0.0) for c in chunks[::-1]][-1] == payload
     assert counters(assembler) == {}
 
 
-def test_a_count_mismatch_drops_the_chunk_only() -> None:
+def test_a_count_mismatch_drops_the_chunk_only(backend: Backend) -> None:
     chunks = split(11, DOC, 3)
-    assembler = ChunkAssembler(1024)
+    assembler = backend.gelf.ChunkAssembler(1024)
     assert assembler.feed(chunks[0], 0.0) is None
     assert assembler.feed(chunk(11, 1, 4, b"xx"), 0.0) is None
     assert assembler.feed(chunk(11, 1, 2, b"xx"), 0.0) is None
@@ -258,9 +265,9 @@ def test_a_count_mismatch_drops_the_chunk_only() -> None:
     assert assembler.feed(chunks[2], 0.0) == DOC
 
 
-def test_a_missing_chunk_expires_after_five_seconds() -> None:
+def test_a_missing_chunk_expires_after_five_seconds(backend: Backend) -> None:
     chunks = split(77, DOC, 3)
-    assembler = ChunkAssembler(1024)
+    assembler = backend.gelf.ChunkAssembler(1024)
     assert assembler.feed(chunks[0], 100.0) is None
     assert assembler.feed(chunks[1], 102.0) is None
     assert assembler.expire(104.999) == 0
@@ -275,9 +282,9 @@ def test_a_missing_chunk_expires_after_five_seconds() -> None:
     assert assembler.expired == 2
 
 
-def test_chunks_expire_their_message_without_expire_calls() -> None:
+def test_chunks_expire_their_message_without_expire_calls(backend: Backend) -> None:
     chunks = split(78, DOC, 2)
-    assembler = ChunkAssembler(1024)
+    assembler = backend.gelf.ChunkAssembler(1024)
     assert assembler.feed(chunks[0], 0.0) is None
     assert assembler.feed(chunks[1], 4.999) == DOC
     assert assembler.feed(chunks[0], 10.0) is None
@@ -286,8 +293,8 @@ def test_chunks_expire_their_message_without_expire_calls() -> None:
     assert assembler.pending_messages == 1  # chunks[1] started a new message
 
 
-def test_expire_only_discards_old_messages() -> None:
-    assembler = ChunkAssembler(1024, timeout=10.0)
+def test_expire_only_discards_old_messages(backend: Backend) -> None:
+    assembler = backend.gelf.ChunkAssembler(1024, timeout=10.0)
     for k in range(5):
         assembler.feed(chunk(k, 0, 2, b"x"), float(k))
     assert assembler.expire(12.0) == 3
@@ -299,8 +306,8 @@ def test_expire_only_discards_old_messages() -> None:
     assert counters(assembler) == {"expired": 4}
 
 
-def test_pending_bytes_are_exact() -> None:
-    assembler = ChunkAssembler(1024)
+def test_pending_bytes_are_exact(backend: Backend) -> None:
+    assembler = backend.gelf.ChunkAssembler(1024)
     assembler.feed(chunk(1, 0, 4, b"abc"), 0.0)
     assert assembler.pending_bytes == message_cost(4, 3)
     assembler.feed(chunk(1, 3, 4, b"defgh"), 0.0)
@@ -312,9 +319,9 @@ def test_pending_bytes_are_exact() -> None:
     assert assembler.pending_bytes == message_cost(2, 0)
 
 
-def test_the_oldest_messages_are_evicted_when_bytes_run_out() -> None:
+def test_the_oldest_messages_are_evicted_when_bytes_run_out(backend: Backend) -> None:
     cost = message_cost(2, 100)
-    assembler = ChunkAssembler(1024, max_pending_bytes=3 * cost)
+    assembler = backend.gelf.ChunkAssembler(1024, max_pending_bytes=3 * cost)
     for k in range(3):
         assembler.feed(chunk(k, 0, 2, b"a" * 100), float(k))
     assert assembler.pending_bytes == 3 * cost
@@ -330,8 +337,8 @@ def test_the_oldest_messages_are_evicted_when_bytes_run_out() -> None:
     assert assembler.pending_bytes == message_cost(2, 1)
 
 
-def test_the_oldest_messages_are_evicted_when_slots_run_out() -> None:
-    assembler = ChunkAssembler(1024, max_pending_messages=3)
+def test_the_oldest_messages_are_evicted_when_slots_run_out(backend: Backend) -> None:
+    assembler = backend.gelf.ChunkAssembler(1024, max_pending_messages=3)
     for k in range(5):
         assembler.feed(chunk(k, 0, 2, b"x%d" % k), 0.0)
     assert (assembler.pending_messages, assembler.evicted) == (3, 2)
@@ -343,9 +350,9 @@ def test_the_oldest_messages_are_evicted_when_slots_run_out() -> None:
     assert assembler.pending_messages == 1
 
 
-def test_a_message_evicted_for_its_own_chunk_takes_no_other_with_it() -> None:
+def test_a_message_evicted_for_its_own_chunk_takes_no_other_with_it(backend: Backend) -> None:
     cost = message_cost(3, 100)
-    assembler = ChunkAssembler(1024, max_pending_bytes=2 * cost + 50)
+    assembler = backend.gelf.ChunkAssembler(1024, max_pending_bytes=2 * cost + 50)
     assembler.feed(chunk(1, 0, 3, b"a" * 100), 0.0)
     assembler.feed(chunk(2, 0, 3, b"b" * 100), 1.0)
     assert assembler.feed(chunk(1, 1, 3, b"a" * 100), 2.0) is None
@@ -355,8 +362,9 @@ def test_a_message_evicted_for_its_own_chunk_takes_no_other_with_it() -> None:
     assert assembler.feed(chunk(2, 2, 3, b"b"), 3.0) == b"b" * 100 + b"bb"
 
 
-def test_a_flood_of_never_completing_ids_does_not_block_others() -> None:
-    assembler = ChunkAssembler(65536, max_pending_bytes=200_000, max_pending_messages=1000)
+def test_a_flood_of_never_completing_ids_does_not_block_others(backend: Backend) -> None:
+    assembler = backend.gelf.ChunkAssembler(
+        65536, max_pending_bytes=200_000, max_pending_messages=1000)
     rng = random.Random(1)
     delivered = []
     for k in range(20_000):
@@ -372,8 +380,8 @@ def test_a_flood_of_never_completing_ids_does_not_block_others() -> None:
     assert assembler.evicted > 19_000
 
 
-def test_a_message_beyond_the_reassembly_cap_is_dropped() -> None:
-    assembler = ChunkAssembler(1024)  # max_reassembled is 128 * 8192
+def test_a_message_beyond_the_reassembly_cap_is_dropped(backend: Backend) -> None:
+    assembler = backend.gelf.ChunkAssembler(1024)  # max_reassembled is 128 * 8192
     assert assembler.max_reassembled == 1_048_576
     big = b"z" * 60_000
     for seq in range(17):
@@ -398,8 +406,8 @@ def test_a_message_beyond_the_reassembly_cap_is_dropped() -> None:
     assert assembler.pending_messages == 0
 
 
-def test_a_chunk_larger_than_the_byte_bound_is_oversized() -> None:
-    assembler = ChunkAssembler(1024, max_pending_bytes=1000)
+def test_a_chunk_larger_than_the_byte_bound_is_oversized(backend: Backend) -> None:
+    assembler = backend.gelf.ChunkAssembler(1024, max_pending_bytes=1000)
     assert assembler.feed(chunk(1, 0, 2, b"x" * 1000), 0.0) is None
     assert (assembler.pending_messages, counters(assembler)) == (0, {"oversized": 1})
     assembler.feed(chunk(2, 0, 2, b"x"), 0.0)
@@ -525,10 +533,10 @@ R = 1709294400000  # the receive time
         (b'{"a": "\xff\xfe", "timestamp": 1}', 1000),  # UTF-8 is not checked
     ],
 )
-def test_gelf_timestamp(document: bytes, expected: int) -> None:
-    assert gelf_timestamp(document, R) == expected
-    assert gelf_timestamp(bytearray(document), R) == expected
-    assert gelf_timestamp(memoryview(b"__" + document)[2:], R) == expected
+def test_gelf_timestamp(backend: Backend, document: bytes, expected: int) -> None:
+    assert backend.gelf.gelf_timestamp(document, R) == expected
+    assert backend.gelf.gelf_timestamp(bytearray(document), R) == expected
+    assert backend.gelf.gelf_timestamp(memoryview(b"__" + document)[2:], R) == expected
 
 
 @pytest.mark.parametrize(
@@ -544,8 +552,8 @@ def test_gelf_timestamp(document: bytes, expected: int) -> None:
         DOC,
     ],
 )
-def test_valid_json_objects(document: bytes) -> None:
-    assert is_json_object(document) is True
+def test_valid_json_objects(backend: Backend, document: bytes) -> None:
+    assert backend.gelf.is_json_object(document) is True
 
 
 @pytest.mark.parametrize(
@@ -590,9 +598,9 @@ def test_valid_json_objects(document: bytes) -> None:
         b'{"a":' + b"[" * 512 + b"]" * 512 + b"}",
     ],
 )
-def test_invalid_json_objects(document: bytes) -> None:
-    assert is_json_object(document) is False
-    assert gelf_timestamp(document, 5) == 5
+def test_invalid_json_objects(backend: Backend, document: bytes) -> None:
+    assert backend.gelf.is_json_object(document) is False
+    assert backend.gelf.gelf_timestamp(document, 5) == 5
 
 
 # --- TCP/TLS framing -------------------------------------------------------------------
@@ -600,8 +608,9 @@ def test_invalid_json_objects(document: bytes) -> None:
 PRETTY = b'{\n  "version": "1.1",\n  "a": [\n    1,\n    {"b": "}\\n]"}\n  ]\n}'
 
 
-def frame_all(chunks: list[bytes], max_size: int = 64) -> tuple[list[bytes], int, int]:
-    framer = GelfStreamFramer(max_size)
+def frame_all(backend: Backend, chunks: list[bytes], max_size: int = 64,
+              ) -> tuple[list[bytes], int, int]:
+    framer = backend.gelf.GelfStreamFramer(max_size)
     messages: list[bytes] = []
     for data in chunks:
         messages += framer.feed(data)
@@ -657,20 +666,22 @@ FRAMES = [
 
 @pytest.mark.parametrize(("stream", "max_size", "expected", "truncated", "dropped"), FRAMES)
 def test_stream_framing(
+    backend: Backend,
     stream: bytes, max_size: int, expected: list[bytes], truncated: int, dropped: int
 ) -> None:
-    assert frame_all([stream], max_size) == (expected, truncated, dropped)
-    assert frame_all([bytes([b]) for b in stream], max_size) == (expected, truncated, dropped)
+    assert frame_all(backend, [stream], max_size) == (expected, truncated, dropped)
+    assert frame_all(backend, [bytes([b]) for b in stream], max_size) == (
+        expected, truncated, dropped)
     for cut in range(len(stream) + 1):
-        assert frame_all([stream[:cut], stream[cut:]], max_size) == (
+        assert frame_all(backend, [stream[:cut], stream[cut:]], max_size) == (
             expected,
             truncated,
             dropped,
         ), cut
 
 
-def test_framer_accepts_any_buffer_and_is_reusable_after_close() -> None:
-    framer = GelfStreamFramer(64)
+def test_framer_accepts_any_buffer_and_is_reusable_after_close(backend: Backend) -> None:
+    framer = backend.gelf.GelfStreamFramer(64)
     assert framer.feed(bytearray(b'{"a":1}\x00{"b"')) == [b'{"a":1}']
     assert framer.buffered == 4
     assert framer.feed(memoryview(b':2}\n{"c":3}\n')) == [b'{"b":2}', b'{"c":3}']
@@ -678,11 +689,11 @@ def test_framer_accepts_any_buffer_and_is_reusable_after_close() -> None:
     assert framer.feed(b'{"d":4}') == []
     assert framer.close() == [b'{"d":4}']
     with pytest.raises(ValueError):
-        GelfStreamFramer(0)
+        backend.gelf.GelfStreamFramer(0)
 
 
-def test_framer_memory_stays_bounded_on_endless_input() -> None:
-    framer = GelfStreamFramer(1000)
+def test_framer_memory_stays_bounded_on_endless_input(backend: Backend) -> None:
+    framer = backend.gelf.GelfStreamFramer(1000)
     piece = b"1, " * 300
     delivered = framer.feed(b'{"a": [')
     for _ in range(1000):

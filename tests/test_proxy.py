@@ -1,14 +1,21 @@
-"""PROXY protocol v1/v2 decoding and encoding (kinesyslog._fast.proxy)."""
+"""PROXY protocol v1/v2 decoding (kinesyslog._fast.proxy, run against both implementations:
+the `backend` fixture, Cython and tests/reference/proxy.py) and the encoders of
+tests/proxy_encoder.py."""
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Optional
 
 import pytest
 
-from kinesyslog._fast.proxy import ProxyError, ProxyHeader, crc32c, decode
 from kinesyslog.constants import PROXY_V1_MAX_LENGTH, PROXY_V2_MAX_LENGTH
+from tests.backends import Backend
 from tests.proxy_encoder import pack_v1, pack_v2
+
+# A header's fields, in ProxyHeader's argument order: version, command, family, transport,
+# source address, source port, destination address, destination port.
+Fields = tuple[int, str, str, str, Optional[str], Optional[int], Optional[str], Optional[int]]
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 PAYLOAD = b"<13>1 2024-02-29T10:11:12Z host app - - - hello\n"
@@ -17,14 +24,19 @@ FFFF6 = ":".join(["ffff"] * 8)  # the longest IPv6 text, 39 characters
 
 def v1(family: str, src: str | None = None, sport: int | None = None,
        dst: str | None = None, dport: int | None = None, transport: str = "STREAM",
-       ) -> ProxyHeader:
-    return ProxyHeader(1, "PROXY", family, transport, src, sport, dst, dport)
+       ) -> Fields:
+    return (1, "PROXY", family, transport, src, sport, dst, dport)
 
 
 def v2(family: str, src: str | None = None, sport: int | None = None,
        dst: str | None = None, dport: int | None = None, transport: str = "STREAM",
-       command: str = "PROXY") -> ProxyHeader:
-    return ProxyHeader(2, command, family, transport, src, sport, dst, dport)
+       command: str = "PROXY") -> Fields:
+    return (2, command, family, transport, src, sport, dst, dport)
+
+
+def header(backend: Backend, fields: Fields) -> object:
+    """The backend's ProxyHeader of these fields."""
+    return backend.proxy.ProxyHeader(*fields)
 
 
 UNKNOWN_V1 = v1("UNKNOWN", transport="UNSPEC")
@@ -73,7 +85,7 @@ def with_crc(header_without_crc: bytes) -> bytes:
 
 CRC_V2 = with_crc(HAPROXY_V2 + SSL_TLV)
 
-# (header bytes, decoded header)
+# (header bytes, the decoded header's fields)
 VALID = [
     (b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n",
      v1("TCP4", "192.168.0.1", 56324, "192.168.0.11", 443)),
@@ -124,24 +136,27 @@ VALID_IDS = [f"{i}-{data[:24]!r}" for i, (data, _) in enumerate(VALID)]
 
 
 @pytest.mark.parametrize(("data", "expected"), VALID, ids=VALID_IDS)
-def test_valid_header_then_payload(data: bytes, expected: ProxyHeader) -> None:
-    assert decode(data) == (expected, len(data))
-    assert decode(data + PAYLOAD) == (expected, len(data))
-    header, consumed = decode(bytearray(data + PAYLOAD))
-    assert header == expected
+def test_valid_header_then_payload(backend: Backend, data: bytes, expected: Fields) -> None:
+    decode = backend.proxy.decode
+    decoded = header(backend, expected)
+    assert decode(data) == (decoded, len(data))
+    assert decode(data + PAYLOAD) == (decoded, len(data))
+    found, consumed = decode(bytearray(data + PAYLOAD))
+    assert found == decoded
     assert (data + PAYLOAD)[consumed:] == PAYLOAD
-    assert decode(memoryview(b"xx" + data + PAYLOAD)[2:]) == (expected, len(data))
+    assert decode(memoryview(b"xx" + data + PAYLOAD)[2:]) == (decoded, len(data))
 
 
 @pytest.mark.parametrize(("data", "expected"), VALID, ids=VALID_IDS)
-def test_every_prefix_is_incomplete(data: bytes, expected: ProxyHeader) -> None:
+def test_every_prefix_is_incomplete(backend: Backend, data: bytes, expected: Fields) -> None:
     for k in range(len(data)):
-        header, needed = decode(data[:k])
-        assert header is None, k
+        found, needed = backend.proxy.decode(data[:k])
+        assert found is None, k
         assert k < needed <= len(data), k
 
 
-def test_needed_values() -> None:
+def test_needed_values(backend: Backend) -> None:
+    decode = backend.proxy.decode
     assert decode(b"") == (None, 1)
     assert decode(b"P") == (None, 2)
     assert decode(b"PROXY TCP4 1.2.3.4") == (None, 19)
@@ -156,24 +171,28 @@ def test_needed_values() -> None:
     assert decode(line + b"\r") == (None, 107)
 
 
-def test_uses_peer() -> None:
-    assert UNKNOWN_V1.uses_peer
-    assert LOCAL_V2.uses_peer
-    assert v2("UNKNOWN", transport="STREAM").uses_peer
-    assert ProxyHeader(2, "LOCAL", "TCP4", "STREAM", "1.2.3.4", 1, "5.6.7.8", 2).uses_peer
-    assert not v1("TCP4", "1.2.3.4", 1, "5.6.7.8", 2).uses_peer
-    assert not v2("TCP6", "::1", 1, "::2", 2, transport="DGRAM").uses_peer
-    assert not v2("UNIX", "/a", None, "/b", None).uses_peer
-    assert [header.uses_peer for _, header in VALID].count(True) == 11
+def test_uses_peer(backend: Backend) -> None:
+    def uses_peer(fields: Fields) -> bool:
+        return backend.proxy.ProxyHeader(*fields).uses_peer
+
+    assert uses_peer(UNKNOWN_V1)
+    assert uses_peer(LOCAL_V2)
+    assert uses_peer(v2("UNKNOWN", transport="STREAM"))
+    assert uses_peer((2, "LOCAL", "TCP4", "STREAM", "1.2.3.4", 1, "5.6.7.8", 2))
+    assert not uses_peer(v1("TCP4", "1.2.3.4", 1, "5.6.7.8", 2))
+    assert not uses_peer(v2("TCP6", "::1", 1, "::2", 2, transport="DGRAM"))
+    assert not uses_peer(v2("UNIX", "/a", None, "/b", None))
+    assert [uses_peer(fields) for _, fields in VALID].count(True) == 11
 
 
-def test_header_value_semantics() -> None:
-    a = v2("TCP4", "1.2.3.4", 1, "5.6.7.8", 2)
-    assert a == v2("TCP4", "1.2.3.4", 1, "5.6.7.8", 2)
-    assert a != v2("TCP4", "1.2.3.4", 1, "5.6.7.8", 3)
-    assert a != v1("TCP4", "1.2.3.4", 1, "5.6.7.8", 2)
+def test_header_value_semantics(backend: Backend) -> None:
+    a = header(backend, v2("TCP4", "1.2.3.4", 1, "5.6.7.8", 2))
+    assert a == header(backend, v2("TCP4", "1.2.3.4", 1, "5.6.7.8", 2))
+    assert a != header(backend, v2("TCP4", "1.2.3.4", 1, "5.6.7.8", 3))
+    assert a != header(backend, v1("TCP4", "1.2.3.4", 1, "5.6.7.8", 2))
     assert a != ("TCP4",)
-    assert len({a, v2("TCP4", "1.2.3.4", 1, "5.6.7.8", 2)}) == 1
+    assert a != v2("TCP4", "1.2.3.4", 1, "5.6.7.8", 2)
+    assert len({a, header(backend, v2("TCP4", "1.2.3.4", 1, "5.6.7.8", 2))}) == 1
     assert repr(a) == (
         "ProxyHeader(version=2, command='PROXY', family='TCP4', transport='STREAM', "
         "source_address='1.2.3.4', source_port=1, destination_address='5.6.7.8', "
@@ -209,15 +228,16 @@ def test_header_value_semantics() -> None:
         ("::fffe:1.2.3.4", "::fffe:102:304"),
     ],
 )
-def test_ipv6_text_is_canonical(text: str, canonical: str) -> None:
+def test_ipv6_text_is_canonical(backend: Backend, text: str, canonical: str) -> None:
     line = f"PROXY TCP6 {text} ::1 1 2\r\n".encode()
-    header, _ = decode(line)
-    assert header is not None
-    assert header.source_address == canonical
+    found, _ = backend.proxy.decode(line)
+    assert found is not None
+    assert found.source_address == canonical
     packed = ipaddress.IPv6Address(text).packed
-    header, _ = decode(SIG + b"\x21\x21\x00\x24" + packed + packed + b"\0\1\0\2")
-    assert header is not None
-    assert header.source_address == header.destination_address == canonical
+    found, _ = backend.proxy.decode(SIG + b"\x21\x21\x00\x24" + packed + packed + b"\0\1\0\2")
+    assert found is not None
+    assert found.source_address == found.destination_address == canonical
+    assert backend.proxy.address_text(text) == canonical
 
 
 BAD_SIGNATURES = [
@@ -237,7 +257,9 @@ BAD_SIGNATURES = [
 
 
 @pytest.mark.parametrize("data", BAD_SIGNATURES)
-def test_bad_signature_is_rejected_at_the_first_wrong_byte(data: bytes) -> None:
+def test_bad_signature_is_rejected_at_the_first_wrong_byte(backend: Backend, data: bytes,
+                                                           ) -> None:
+    decode, ProxyError = backend.proxy.decode, backend.proxy.ProxyError
     expected = SIG if data[:1] == b"\r" else b"PROXY "
     first_wrong = next(i for i, byte in enumerate(data) if expected[i : i + 1] != bytes([byte]))
     assert decode(data[:first_wrong]) == (None, 16 if data[:1] == b"\r" else first_wrong + 1)
@@ -351,30 +373,33 @@ def test_bad_signature_is_rejected_at_the_first_wrong_byte(data: bytes) -> None:
         (b"PROXY TCP6 ::1 ::1 1 0x2\r\n", "bad port"),
     ],
 )
-def test_malformed(data: bytes, match: str) -> None:
+def test_malformed(backend: Backend, data: bytes, match: str) -> None:
+    decode, ProxyError = backend.proxy.decode, backend.proxy.ProxyError
     with pytest.raises(ProxyError, match=match.replace("(", r"\(")):
         decode(data)
     with pytest.raises(ProxyError):
         decode(data + PAYLOAD)
 
 
-def test_v2_errors_are_decided_before_the_rest_arrives() -> None:
+def test_v2_errors_are_decided_before_the_rest_arrives(backend: Backend) -> None:
+    decode, ProxyError = backend.proxy.decode, backend.proxy.ProxyError
     with pytest.raises(ProxyError):
         decode(SIG + b"\x21\x11\x00\x0b")
     with pytest.raises(ProxyError):
         decode(SIG + b"\x21\x11\x10\x01")
     # LOCAL skips what the family would need: a short block is fine.
     assert decode(SIG + b"\x20\x11\x00\x02") == (None, 18)
-    assert decode(SIG + b"\x20\x11\x00\x02\x00\x00") == (LOCAL_V2, 18)
+    assert decode(SIG + b"\x20\x11\x00\x02\x00\x00") == (header(backend, LOCAL_V2), 18)
 
 
-def test_v1_line_of_exactly_107_bytes() -> None:
+def test_v1_line_of_exactly_107_bytes(backend: Backend) -> None:
     line = b"PROXY UNKNOWN " + b"x" * 91 + b"\r\n"
     assert len(line) == PROXY_V1_MAX_LENGTH == 107
-    assert decode(line + b"more") == (UNKNOWN_V1, 107)
+    assert backend.proxy.decode(line + b"more") == (header(backend, UNKNOWN_V1), 107)
 
 
-def test_crc32c() -> None:
+def test_crc32c(backend: Backend) -> None:
+    crc32c = backend.proxy.crc32c
     assert crc32c(b"") == 0
     assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     data = bytes(range(256)) * 3
@@ -442,5 +467,5 @@ def test_pack_v2() -> None:
         (pack_v2("LOCAL", "TCP6", "::1", "::2", 1, 2), LOCAL_V2),
     ],
 )
-def test_pack_then_decode(packed: bytes, expected: ProxyHeader) -> None:
-    assert decode(packed) == (expected, len(packed))
+def test_pack_then_decode(backend: Backend, packed: bytes, expected: Fields) -> None:
+    assert backend.proxy.decode(packed) == (header(backend, expected), len(packed))

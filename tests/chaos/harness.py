@@ -677,6 +677,23 @@ def kill_group(relay: Relay) -> None:
     relay.kill()
 
 
+def live_members(group: int) -> list[int]:
+    """The processes of a process group that have not exited. Exited ones may linger as
+    zombies where PID 1 does not reap orphans (a container whose PID 1 is a shell)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            members.append(int(entry.name))
+    return members
+
+
 def wait_gone(relay: Relay, timeout: float) -> int:
     """Waits for the listener to exit and for its whole process group to be gone."""
     code = relay.wait(timeout)
@@ -686,7 +703,7 @@ def wait_gone(relay: Relay, timeout: float) -> int:
             os.killpg(relay.pid, 0)
         except ProcessLookupError:
             return True
-        return False
+        return not live_members(relay.pid)
 
     try:
         wait_for(group_gone, timeout, message="the relay's children to exit")

@@ -1,0 +1,59 @@
+"""The two implementations of the parsers the unit tests run against (issue #12: two
+implementations, one test suite): the Cython extensions in kinesyslog/_fast/ and the
+pure-Python references in tests/reference/.
+
+The `backend` fixture (tests/conftest.py) gives each test that takes it one Backend per
+implementation, with the ids "cython" and "reference". KINESYSLOG_TEST_BACKEND selects them:
+"cython", "reference" or "both" (the default). Tests of the extensions' internals (memory,
+buffer growth, tracemalloc) do not take the fixture and always run against Cython.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+from kinesyslog._fast import events as cython_events
+from kinesyslog._fast import framing as cython_framing
+from kinesyslog._fast import gelf as cython_gelf
+from kinesyslog._fast import proxy as cython_proxy
+from kinesyslog._fast import syslog as cython_syslog
+from tests.reference import events as reference_events
+from tests.reference import framing as reference_framing
+from tests.reference import gelf as reference_gelf
+from tests.reference import proxy as reference_proxy
+from tests.reference import syslog as reference_syslog
+
+ENVIRONMENT_VARIABLE = "KINESYSLOG_TEST_BACKEND"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation: the modules of kinesyslog/_fast/<name>.pyi's API."""
+
+    name: str
+    framing: ModuleType
+    gelf: ModuleType
+    proxy: ModuleType
+    syslog: ModuleType
+    events: ModuleType
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+CYTHON = Backend("cython", cython_framing, cython_gelf, cython_proxy, cython_syslog,
+                 cython_events)
+REFERENCE = Backend("reference", reference_framing, reference_gelf, reference_proxy,
+                    reference_syslog, reference_events)
+BACKENDS = {"cython": [CYTHON], "reference": [REFERENCE], "both": [CYTHON, REFERENCE]}
+
+
+def selected() -> list[Backend]:
+    """The backends KINESYSLOG_TEST_BACKEND names (both by default)."""
+    choice = os.environ.get(ENVIRONMENT_VARIABLE, "both").strip().lower() or "both"
+    if choice not in BACKENDS:
+        raise ValueError(f"{ENVIRONMENT_VARIABLE}={choice!r}: expected one of "
+                         f"{', '.join(BACKENDS)}")
+    return BACKENDS[choice]
