@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kinesyslog._fast import gelf as cython
 from kinesyslog.constants import GELF_MAX_CHUNKS, GELF_MAX_JSON_DEPTH, GELF_MAX_TIMESTAMP_MS
+from tests.backends import cython_gelf as cython
 from tests.reference import gelf as reference
 
 IMPLEMENTATIONS = (cython, reference)

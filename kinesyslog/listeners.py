@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kinesyslog import constants
-from kinesyslog._fast.framing import StreamFramer, frame_datagram
-from kinesyslog._fast.gelf import ChunkAssembler, GelfStreamFramer, decode_payload
+from kinesyslog._fast.framing import GelfStreamFramer, StreamFramer, frame_datagram
+from kinesyslog._fast.gelf_chunks import ChunkAssembler
+from kinesyslog._fast.gelf_payload import decode_payload
 from kinesyslog._fast.proxy import address_text
 from kinesyslog.config import Config, ConfigError
 from kinesyslog.limits import ConnectionLimits

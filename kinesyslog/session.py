@@ -16,8 +16,7 @@ from collections.abc import Callable
 from typing import Union, cast
 
 from kinesyslog import constants
-from kinesyslog._fast.framing import StreamFramer
-from kinesyslog._fast.gelf import GelfStreamFramer
+from kinesyslog._fast.framing import GelfStreamFramer, StreamFramer
 from kinesyslog._fast.proxy import ProxyError
 from kinesyslog._fast.proxy import decode as decode_proxy_header
 

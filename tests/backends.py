@@ -16,7 +16,7 @@ from types import ModuleType
 
 from kinesyslog._fast import events as cython_events
 from kinesyslog._fast import framing as cython_framing
-from kinesyslog._fast import gelf as cython_gelf
+from kinesyslog._fast import gelf_chunks, gelf_payload, json_scan
 from kinesyslog._fast import proxy as cython_proxy
 from kinesyslog._fast import syslog as cython_syslog
 from tests.reference import events as reference_events
@@ -26,6 +26,23 @@ from tests.reference import proxy as reference_proxy
 from tests.reference import syslog as reference_syslog
 
 ENVIRONMENT_VARIABLE = "KINESYSLOG_TEST_BACKEND"
+
+
+def _combined(name: str, *modules: ModuleType, **extra: object) -> ModuleType:
+    """One namespace of the public names of several modules (the GELF API of the Cython
+    extensions lives in four: gelf_chunks, gelf_payload, json_scan and framing)."""
+    combined = ModuleType(name)
+    for module in modules:
+        for attribute in dir(module):
+            if not attribute.startswith("_"):
+                setattr(combined, attribute, getattr(module, attribute))
+    for attribute, value in extra.items():
+        setattr(combined, attribute, value)
+    return combined
+
+
+cython_gelf = _combined("kinesyslog._fast GELF", gelf_chunks, gelf_payload, json_scan,
+                        GelfStreamFramer=cython_framing.GelfStreamFramer)
 
 
 @dataclass(frozen=True)

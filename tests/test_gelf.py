@@ -1,4 +1,5 @@
-"""GELF 1.1 input (kinesyslog._fast.gelf): chunks, payloads, stream framing, timestamps; run
+"""GELF 1.1 input (kinesyslog._fast.gelf_chunks, gelf_payload, json_scan, framing): chunks,
+payloads, stream framing, timestamps; run
 against both implementations (the `backend` fixture: Cython and tests/reference/gelf.py)
 except the check of the extension's memory accounting."""
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kinesyslog._fast.gelf import (
+from kinesyslog._fast.gelf_chunks import (
     CHUNK_OVERHEAD,
     MESSAGE_OVERHEAD,
     SLOT_OVERHEAD,

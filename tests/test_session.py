@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from kinesyslog import constants
-from kinesyslog._fast.framing import StreamFramer
-from kinesyslog._fast.gelf import GelfStreamFramer
+from kinesyslog._fast.framing import GelfStreamFramer, StreamFramer
 from kinesyslog.session import CloseReason, StreamSession
 from kinesyslog.tls import make_server_context
 from tests.certs import issue, make_ca

@@ -25,7 +25,7 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
-from kinesyslog._fast.gelf cimport c_gelf_timestamp
+from kinesyslog._fast.json_scan cimport c_gelf_timestamp
 from kinesyslog._fast.syslog cimport TimestampExtractor
 
 from kinesyslog.constants import EVENT_ID_DIGITS, KIND_GELF

@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Syslog message framing: RFC 6587 for TCP and TLS, RFC 5426 for UDP.
+"""Message framing: syslog over TCP and TLS (RFC 6587), syslog over UDP (RFC 5426), and GELF
+over TCP and TLS (NUL-terminated documents). Both stream framers share one base, _Framer.
 
 Sans-IO: `StreamFramer.feed()` takes whatever a socket returned and gives back the complete
 messages; `close()` is called at end of stream. The framing is detected at each frame start.
@@ -50,30 +51,21 @@ cdef enum State:
     NT_SKIP        # the message was delivered truncated: skip up to the next LF or NUL
 
 
-cdef class StreamFramer:
+cdef class _Framer:
+    """What the syslog and GELF stream framers share: the size limit, the buffer of the
+    unfinished message (blen bytes of it) and the counters. Subclasses implement _feed()
+    and close()."""
+
     cdef Py_ssize_t max_size
     cdef PartialBuffer partial  # holds blen bytes of the frame not delivered yet
     cdef Py_ssize_t blen
-    cdef State state
-    cdef Py_ssize_t need      # OCTET/OCTET_SKIP: bytes of the frame not consumed yet
-    cdef Py_ssize_t target    # OCTET: content bytes to deliver, min(MSG-LEN, max_size)
-    cdef readonly Py_ssize_t truncated
-    cdef readonly Py_ssize_t incomplete_dropped
-    # Per-feed scan cache: next LF / NUL at or after the scan position (n when none).
-    cdef Py_ssize_t next_lf
-    cdef Py_ssize_t next_nul
+    cdef readonly long long truncated
+    cdef readonly long long incomplete_dropped
 
     def __cinit__(self, Py_ssize_t max_message_size):
         if max_message_size < 1:
             raise ValueError("max_message_size must be at least 1")
         self.max_size = max_message_size
-        self.blen = 0
-        self.state = FRAME_START
-        self.truncated = 0
-        self.incomplete_dropped = 0
-
-    def __init__(self, Py_ssize_t max_message_size):
-        pass
 
     def __dealloc__(self):
         partial_release(&self.partial, True)
@@ -83,6 +75,7 @@ cdef class StreamFramer:
         return self.blen
 
     def feed(self, data) -> list:
+        """The complete messages in data, with what came before."""
         cdef Py_buffer view
         cdef list out = []
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
@@ -91,6 +84,40 @@ cdef class StreamFramer:
         finally:
             PyBuffer_Release(&view)
         return out
+
+    cdef int _feed(self, const unsigned char* p, Py_ssize_t n, list out) except -1:
+        raise NotImplementedError
+
+    cdef inline object _message(self, const unsigned char* p, Py_ssize_t length):
+        """The message made of the buffer's blen bytes followed by p, cut to length bytes."""
+        cdef Py_ssize_t head
+        cdef object message
+        cdef char* dest
+        if self.blen == 0:
+            return PyBytes_FromStringAndSize(<const char*>p, length)
+        message = PyBytes_FromStringAndSize(NULL, length)
+        dest = PyBytes_AS_STRING(message)
+        head = self.blen if self.blen < length else length
+        memcpy(dest, self.partial.data, head)
+        memcpy(dest + head, p, length - head)
+        return message
+
+
+cdef class StreamFramer(_Framer):
+    """RFC 6587 framing of a TCP or TLS byte stream (see the module docstring)."""
+
+    cdef State state
+    cdef Py_ssize_t need      # OCTET/OCTET_SKIP: bytes of the frame not consumed yet
+    cdef Py_ssize_t target    # OCTET: content bytes to deliver, min(MSG-LEN, max_size)
+    # Per-feed scan cache: next LF / NUL at or after the scan position (n when none).
+    cdef Py_ssize_t next_lf
+    cdef Py_ssize_t next_nul
+
+    def __cinit__(self, Py_ssize_t max_message_size):
+        self.state = FRAME_START
+
+    def __init__(self, Py_ssize_t max_message_size):
+        pass
 
     def close(self) -> list:
         cdef list out = []
@@ -123,20 +150,6 @@ cdef class StreamFramer:
             hit = memchr(p + i, 0, <size_t>(n - i))
             self.next_nul = (<const unsigned char*>hit - p) if hit != NULL else n
         return self.next_lf if self.next_lf < self.next_nul else self.next_nul
-
-    cdef inline object _message(self, const unsigned char* p, Py_ssize_t length):
-        """The message made of buf[:blen] followed by p, cut to length bytes."""
-        cdef Py_ssize_t head
-        cdef object message
-        cdef char* dest
-        if self.blen == 0:
-            return PyBytes_FromStringAndSize(<const char*>p, length)
-        message = PyBytes_FromStringAndSize(NULL, length)
-        dest = PyBytes_AS_STRING(message)
-        head = self.blen if self.blen < length else length
-        memcpy(dest, self.partial.data, head)
-        memcpy(dest + head, p, length - head)
-        return message
 
     cdef int _feed(self, const unsigned char* p, Py_ssize_t n, list out) except -1:
         cdef Py_ssize_t i = 0, j, t, avail, total, take
@@ -253,6 +266,169 @@ cdef class StreamFramer:
         self.need = <Py_ssize_t>length
         self.target = <Py_ssize_t>length if length < self.max_size else self.max_size
         self.blen = 0
+
+
+# GELF over TCP and TLS (docs/contract.md §4.6): NUL-terminated documents.
+
+cdef enum:
+    QUOTE = 0x22
+    BACKSLASH = 0x5C
+
+# Bytes that end the fast scan inside a JSON string: '"', '\\' and NUL.
+cdef unsigned char STRING_STOP[256]
+# Bytes skipped between frames: JSON whitespace and NUL.
+cdef unsigned char GAP[256]
+
+
+cdef void init_tables() noexcept:
+    cdef int c
+    for c in range(256):
+        STRING_STOP[c] = c == QUOTE or c == BACKSLASH or c == 0
+        GAP[c] = c == 0x20 or c == 0x09 or c == LF or c == CR or c == 0
+
+
+init_tables()
+
+
+cdef class GelfStreamFramer(_Framer):
+    """Splits a TCP/TLS byte stream into GELF documents.
+
+    A frame starts at the first byte that is not JSON whitespace (leading whitespace is
+    dropped, so whitespace-only frames vanish). It ends at NUL, always. It also ends at LF
+    when no JSON object is open: an object opens at "{" and closes at its matching "}"
+    (brackets counted, strings and their backslash escapes skipped, only inside an object),
+    so pretty-printed JSON is one frame while lines of non-JSON text still end at LF. A CR
+    before a terminating LF is removed.
+
+    A frame longer than max_message_size is delivered cut to max_message_size bytes as soon
+    as that is known, counted in `truncated`, and the rest of it skipped. At most
+    max_message_size + 1 bytes are held between feeds. At close, an unterminated frame is
+    delivered if no object is open, and dropped and counted in `incomplete_dropped` if one
+    is (the document was cut off).
+    """
+
+    # The current frame's state.
+    cdef bint started  # its first byte was seen
+    cdef bint skipping  # it was delivered truncated: drop the rest
+    cdef Py_ssize_t depth
+    cdef bint in_string
+    cdef bint escape
+
+    def __init__(self, Py_ssize_t max_message_size):
+        pass
+
+    def close(self) -> list:
+        cdef list out = []
+        cdef Py_ssize_t length = self.blen
+        if self.started and not self.skipping:
+            if self.depth > 0:
+                self.incomplete_dropped += 1
+            else:
+                if self.partial.data[length - 1] == CR:
+                    length -= 1
+                if length > self.max_size:
+                    length = self.max_size
+                    self.truncated += 1
+                out.append(PyBytes_FromStringAndSize(<char*>self.partial.data, length))
+        self._reset()
+        partial_release(&self.partial, True)
+        return out
+
+    cdef inline void _reset(self) noexcept:
+        self.blen = 0
+        self.started = False
+        self.skipping = False
+        self.depth = 0
+        self.in_string = False
+        self.escape = False
+
+    cdef Py_ssize_t _scan(self, const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept:
+        """Advance the frame's state over p[i:n]; the position of its terminator, or n."""
+        cdef unsigned char c
+        cdef Py_ssize_t depth = self.depth
+        cdef bint in_string = self.in_string, escape = self.escape
+        while i < n:
+            if in_string:
+                if escape:
+                    escape = False
+                    if p[i] == 0:
+                        break
+                    i += 1
+                    continue
+                while i < n and not STRING_STOP[p[i]]:
+                    i += 1
+                if i == n:
+                    break
+                c = p[i]
+                if c == 0:
+                    break
+                if c == QUOTE:
+                    in_string = False
+                else:
+                    escape = True
+                i += 1
+                continue
+            c = p[i]
+            if c == 0 or (c == LF and depth == 0):
+                break
+            if depth == 0:
+                if c == 0x7B:  # {
+                    depth = 1
+            elif c == QUOTE:
+                in_string = True
+            elif c == 0x7B or c == 0x5B:  # { [
+                depth += 1
+            elif c == 0x7D or c == 0x5D:  # } ]
+                depth -= 1
+            i += 1
+        self.depth = depth
+        self.in_string = in_string
+        self.escape = escape
+        return i
+
+    cdef int _feed(self, const unsigned char* p, Py_ssize_t n, list out) except -1:
+        cdef Py_ssize_t i = 0, t, avail, total
+        cdef Py_ssize_t max_size = self.max_size
+        cdef unsigned char last
+        while i < n:
+            if not self.started:
+                while i < n and GAP[p[i]]:
+                    i += 1
+                if i == n:
+                    break
+                self.started = True
+            t = self._scan(p, i, n)
+            if not self.skipping:
+                avail = t - i
+                total = self.blen + avail
+                if t < n:
+                    if p[t] == LF:
+                        last = p[t - 1] if avail > 0 else self.partial.data[self.blen - 1]
+                        if last == CR:
+                            total -= 1
+                    if total > max_size:
+                        out.append(self._message(p + i, max_size))
+                        self.truncated += 1
+                    else:
+                        out.append(self._message(p + i, total))
+                elif total <= max_size + 1:
+                    # One byte over may be the CR of a CRLF, removed at the LF.
+                    partial_reserve(&self.partial, total, max_size + 1)
+                    memcpy(self.partial.data + self.blen, p + i, avail)
+                    self.blen = total
+                else:
+                    out.append(self._message(p + i, max_size))
+                    self.truncated += 1
+                    self.blen = 0
+                    self.skipping = True
+            if t < n:
+                self._reset()
+                i = t + 1
+            else:
+                i = n
+        if self.blen == 0:
+            partial_release(&self.partial, False)
+        return 0
 
 
 def frame_datagram(data, Py_ssize_t max_message_size) -> tuple:

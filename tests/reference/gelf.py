@@ -1,6 +1,7 @@
 """GELF 1.1 input, the reference: UDP chunks, payloads, TCP/TLS framing, JSON, timestamps.
 
-The public API of kinesyslog/_fast/gelf.pyi, written from docs/contract.md §4.5, §4.6 and
+The public GELF API of kinesyslog/_fast/ (gelf_chunks.pyi, gelf_payload.pyi, json_scan.pyi
+and framing.pyi GelfStreamFramer), written from docs/contract.md §4.5, §4.6 and
 §4.9 and RFC 8259 for clarity, not speed. frame_stream() states the stream framing rules once
 more over a whole stream, to check the streaming framers against.
 

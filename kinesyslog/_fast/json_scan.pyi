@@ -1,0 +1,6 @@
+"""The JSON scanner for GELF documents."""
+
+Buffer = bytes | bytearray | memoryview
+
+def gelf_timestamp(message: Buffer, receive_ms: int) -> int: ...
+def is_json_object(message: Buffer) -> bool: ...
