@@ -61,14 +61,21 @@ def framed_messages(draw: st.DrawFn) -> tuple[list[bytes], bytes]:
     messages = draw(st.lists(st.binary(min_size=1, max_size=64), max_size=20))
     parts = []
     for message in messages:
-        forms = ["octet"]
+        # Inside an octet-counted frame one trailing LF or CR LF is dropped: a message that
+        # ends with LF needs a CR LF after it, one that ends with CR none or a CR LF.
+        forms = ["octet+crlf"]
+        if not message.endswith(b"\n"):
+            forms.append("octet")
+            if not message.endswith(b"\r"):
+                forms.append("octet+lf")
         if b"\n" not in message and b"\0" not in message and not MSG_LEN_SP.match(message):
             forms.append("nul")
             if not message.endswith(b"\r"):
                 forms += ["lf", "crlf"]
         form = draw(st.sampled_from(forms))
-        if form == "octet":
-            parts.append(b"%d %s" % (len(message), message))
+        if form.startswith("octet"):
+            content = message + {"octet": b"", "octet+lf": b"\n", "octet+crlf": b"\r\n"}[form]
+            parts.append(b"%d %s" % (len(content), content))
         else:
             parts.append(message + {"nul": b"\0", "lf": b"\n", "crlf": b"\r\n"}[form])
     return messages, b"".join(parts)

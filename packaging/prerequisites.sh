@@ -10,11 +10,15 @@ set -eu
 
 # command:package pairs. Build: gcc, make, Python headers and venv. Packaging: dpkg-deb,
 # dpkg-scanpackages, lintian, objdump (the glibc floor), systemd-analyze, adduser, rpmbuild,
-# rpmlint. Release build and clean-room tests: debootstrap, systemd-nspawn.
+# rpmlint. Release build and clean-room tests: debootstrap, systemd-nspawn. Interoperability
+# tests (tests/interop): logger (util-linux) and rsyslogd, real senders the relay must accept.
 BUILD_TOOLS="gcc:gcc make:make"
 PACKAGING_TOOLS="dpkg-deb:dpkg dpkg-scanpackages:dpkg-dev lintian:lintian objdump:binutils
 systemd-analyze:systemd adduser:adduser rpmbuild:rpm rpmlint:rpmlint"
 RELEASE_TOOLS="debootstrap:debootstrap systemd-nspawn:systemd-container"
+INTEROP_TOOLS="logger:bsdutils rsyslogd:rsyslog"
+# rsyslogd (and debootstrap) live in /usr/sbin, not on a normal user's PATH
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 python=${PYTHON:-python3}
 missing() {  # the packages of the commands in $1 that are not on PATH
@@ -31,7 +35,7 @@ python_missing() {
 
 is_root=false
 [ "$(id -u)" = 0 ] && is_root=true
-needed="$(missing "$BUILD_TOOLS")$(python_missing)$(missing "$PACKAGING_TOOLS")"
+needed="$(missing "$BUILD_TOOLS")$(python_missing)$(missing "$PACKAGING_TOOLS")$(missing "$INTEROP_TOOLS")"
 if $is_root; then needed="$needed$(missing "$RELEASE_TOOLS")"; fi
 
 if [ -n "$needed" ] && $is_root && command -v apt-get >/dev/null 2>&1; then
@@ -48,14 +52,14 @@ if [ -n "$cannot_build" ]; then
     echo "prerequisites: cannot build; install these Debian packages first: apt-get install $cannot_build" >&2
     exit 1
 fi
-skipped="$(missing "$PACKAGING_TOOLS")"
+skipped="$(missing "$PACKAGING_TOOLS")$(missing "$INTEROP_TOOLS")"
 if ! $is_root; then
     echo "prerequisites: not root: the release build in a Debian 11 root, installing the packages and the tests that mount file systems are skipped (BUILD=executable)" >&2
 elif [ -n "$(missing "$RELEASE_TOOLS")" ]; then
     skipped="$skipped$(missing "$RELEASE_TOOLS")"
 fi
 if [ -n "$skipped" ]; then
-    echo "prerequisites: missing $skipped- the package builds and tests needing them are skipped (apt-get install $skipped)" >&2
+    echo "prerequisites: missing $skipped- the package builds and tests needing them (packaging, interop) are skipped (apt-get install $skipped)" >&2
 fi
 
 if $is_root && [ -z "$(missing "$RELEASE_TOOLS")" ]; then echo release; else echo executable; fi

@@ -62,7 +62,22 @@ CASES = [
     (b"abcdefgh", 4, [b"abcd"], 1, 0),
     (b"6 abcdef3 xyz", 4, [b"abcd", b"xyz"], 1, 0),
     (b"4 abcd3 xyz", 4, [b"abcd", b"xyz"], 0, 0),
-    (b"6 abcd", 4, [b"abcd"], 1, 0),
+    (b"7 abcd", 4, [b"abcd"], 1, 0),  # 3 over the limit: cut as soon as 4 bytes are in
+    (b"7 abcdefg3 xyz", 4, [b"abcd", b"xyz"], 1, 0),
+    (b"6 abcd", 4, [], 0, 1),  # 2 over: held whole (a CR LF may end it), never completed
+    # One trailing LF or CR LF inside the counted bytes is not part of the message.
+    (b"6 hello\n", 64, [b"hello"], 0, 0),
+    (b"7 hello\r\n", 64, [b"hello"], 0, 0),
+    (b"7 hello\n\n", 64, [b"hello\n"], 0, 0),
+    (b"8 hello\r\n\n", 64, [b"hello\r\n"], 0, 0),
+    (b"6 hel\nlo", 64, [b"hel\nlo"], 0, 0),
+    (b"6 hello\r", 64, [b"hello\r"], 0, 0),
+    (b"7 hello\n\r", 64, [b"hello\n\r"], 0, 0),
+    (b"1 \n2 \r\n3 abc", 64, [b"abc"], 0, 0),  # nothing but the LF: skipped
+    (b"5 abcd\n", 4, [b"abcd"], 0, 0),  # fits once the LF is gone
+    (b"6 abcd\r\n", 4, [b"abcd"], 0, 0),
+    (b"6 abcde\n", 4, [b"abcd"], 1, 0),
+    (b"5 abcde", 4, [b"abcd"], 1, 0),
     (b"6 abc", 4, [], 0, 1),
     (b"123456 x\n", 4, [], 0, 1),
     (b"123456x\n", 4, [b"1234"], 1, 0),

@@ -5,12 +5,17 @@ over TCP and TLS (NUL-terminated documents). Both stream framers share one base,
 Sans-IO: `StreamFramer.feed()` takes whatever a socket returned and gives back the complete
 messages; `close()` is called at end of stream. The framing is detected at each frame start.
 
-RFC 6587 §3.4.1, octet counting (MSG-LEN limited here to 9 digits, as docs/contract.md §4.2 says):
+RFC 6587 §3.4.1, octet counting (MSG-LEN limited here to 9 digits, as docs/contract.md §4.2
+says):
 
     TCP-DATA = *SYSLOG-FRAME
     SYSLOG-FRAME = MSG-LEN SP SYSLOG-MSG
     MSG-LEN = NONZERO-DIGIT *DIGIT
     NONZERO-DIGIT = %d49-57
+
+One trailing LF or CR LF inside the counted bytes is not part of the message (rsyslog's and
+syslog-ng's RFC 5424 forwarding templates end with one; rsyslog drops it on reception too);
+a frame holding nothing else is skipped.
 
 RFC 6587 §3.4.2, non-transparent framing (the trailer accepted here is LF or NUL; a CR right
 before an LF is removed as well, since many senders end lines with CRLF):
@@ -233,9 +238,19 @@ cdef class StreamFramer(_Framer):
                 avail = n - i
                 take = self.target - self.blen
                 if avail >= take:
-                    out.append(self._message(p + i, self.target))
-                    if self.need > take:
+                    length = self.target
+                    if self.need == take:  # the whole frame: one trailing LF or CR LF goes
+                        if length > 0 and self._byte(p + i, length - 1) == LF:
+                            length -= 1
+                            if length > 0 and self._byte(p + i, length - 1) == CR:
+                                length -= 1
+                        if length > max_size:
+                            length = max_size
+                            self.truncated += 1
+                    else:
                         self.truncated += 1
+                    if length > 0:
+                        out.append(self._message(p + i, length))
                     self.blen = 0
                     self.need -= take
                     i += take
@@ -261,10 +276,16 @@ cdef class StreamFramer(_Framer):
             partial_release(&self.partial, False)
         return 0
 
+    cdef inline unsigned char _byte(self, const unsigned char* p, Py_ssize_t k) noexcept:
+        """Byte k of the frame content: the buffered blen bytes, then p."""
+        return self.partial.data[k] if k < self.blen else p[k - self.blen]
+
     cdef inline void _start_octet(self, long long length) noexcept:
+        # A frame up to two bytes over the limit may still fit once its trailing CR LF goes:
+        # it is held whole. A longer one is delivered cut as soon as the limit is reached.
         self.state = OCTET
         self.need = <Py_ssize_t>length
-        self.target = <Py_ssize_t>length if length < self.max_size else self.max_size
+        self.target = (<Py_ssize_t>length if length <= self.max_size + 2 else self.max_size)
         self.blen = 0
 
 

@@ -51,10 +51,21 @@ def as_bytes(data: Buffer) -> bytes:
 def counted_message(content: bytes) -> bytes:
     """The message of an octet-counted frame whose MSG-LEN bytes are `content`.
 
-    docs/contract.md §4.2: the counted bytes are "delivered as they are (a trailing LF or
-    CR LF inside the counted bytes is kept)". This is the one place that says so, for both
-    StreamFramer and frame_stream()."""
+    docs/contract.md §4.2: one trailing LF or CR LF inside the counted bytes is not part of
+    the message. This is the one place that says so, for both StreamFramer and
+    frame_stream()."""
+    if content.endswith(b"\r\n"):
+        return content[:-2]
+    if content.endswith(b"\n"):
+        return content[:-1]
     return content
+
+
+def counted_early_cut(msg_len: int, max_message_size: int) -> bool:
+    """Whether a counted frame is too long whatever it ends with: it is delivered cut as soon
+    as max_message_size bytes arrived. Up to two bytes over, it is held whole, as its
+    trailing CR LF may bring it within the limit."""
+    return msg_len > max_message_size + 2
 
 
 def line_message(content: bytes, ended_by: int | None) -> bytes:
@@ -160,7 +171,8 @@ class StreamFramer:
             self._held.clear()
             self._mode = _Mode.COUNTED
             self._frame_left = msg_len
-            self._message_length = min(msg_len, self._max)
+            self._message_length = (self._max if counted_early_cut(msg_len, self._max)
+                                    else msg_len)
             return position + prefix.end() - held
         if MSG_LEN_SO_FAR.fullmatch(head) and position + len(head) - held == len(stream):
             self._held[:] = head  # only digits, up to the end of what arrived: wait
@@ -244,12 +256,13 @@ def frame_stream(stream: bytes, max_message_size: int) -> tuple[list[bytes], int
             msg_len = int(prefix.group()[:-1])
             start = prefix.end()
             content = stream[start : start + msg_len]
-            cut = msg_len > max_message_size
-            if len(content) < msg_len and not (cut and len(content) >= max_message_size):
+            early = counted_early_cut(msg_len, max_message_size)
+            if len(content) < msg_len and not (early and len(content) >= max_message_size):
                 dropped += 1  # incomplete, and not delivered cut before the stream ended
                 break
             i = start + msg_len
-            message = content if cut else counted_message(content)
+            message = content if early else counted_message(content)
+            cut = early or len(message) > max_message_size
         else:
             end = first_trailer(stream, i)
             if end < 0:
