@@ -5,7 +5,8 @@ Each scenario starts a fresh relay (fresh spool and output directories), sends N
 RFC 5424 (or GELF 1.1) messages, waits until no record has appeared for a while, stops the
 relay with SIGTERM and only then decodes every record, so loss and duplicates are counted
 exactly.
-See bench/README.md for the columns. Run by hand: /work/venv/bin/python bench/run.py --help
+See bench/README.md for the columns. Run by hand, after `make build`, from the repository:
+.venv/bin/python bench/run.py --help
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kinesyslog._fast import framing as cython
+from tests import framer_check as framers
 from tests.reference import framing as reference
 from tests.reference.framing import MSG_LEN_SP, frame_stream
 
@@ -30,26 +31,9 @@ def feed_chunks(implementation: ModuleType, stream: bytes, cuts: list[int], max_
 
 
 def assert_same_framing(stream: bytes, cuts: list[int], max_size: int) -> None:
-    """Both framers fed the same pieces give the same messages at the same feed, hold the
-    same bytes and count the same; and what they give is the whole-stream statement of the
-    rules (frame_stream)."""
-    framers = [implementation.StreamFramer(max_size) for implementation in IMPLEMENTATIONS]
-    messages: list[bytes] = []
-    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
-    for a, b in zip(bounds, bounds[1:]):
-        fed = [framer.feed(stream[a:b]) for framer in framers]
-        assert fed[0] == fed[1], (a, b)
-        states = [(f.buffered, f.truncated, f.incomplete_dropped) for f in framers]
-        assert states[0] == states[1], (a, b)
-        assert states[0][0] <= max_size + 16
-        messages += fed[0]
-    closed = [framer.close() for framer in framers]
-    assert closed[0] == closed[1]
-    messages += closed[0]
-    counts = [(f.truncated, f.incomplete_dropped, f.buffered) for f in framers]
-    assert counts[0] == counts[1]
-    assert all(len(m) <= max_size for m in messages)
-    assert (messages, *counts[0][:2]) == frame_stream(stream, max_size)
+    framers.assert_same_framing(
+        lambda size: [implementation.StreamFramer(size) for implementation in IMPLEMENTATIONS],
+        frame_stream, stream, cuts, max_size, held_at_most=max_size + 16)
 
 
 cuts_strategy = st.lists(st.integers(min_value=0, max_value=10_000), max_size=20)

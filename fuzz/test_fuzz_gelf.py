@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kinesyslog.constants import GELF_MAX_CHUNKS, GELF_MAX_JSON_DEPTH, GELF_MAX_TIMESTAMP_MS
+from tests import framer_check as framers
 from tests.backends import cython_gelf as cython
 from tests.reference import gelf as reference
 
@@ -158,25 +159,10 @@ def feed_in_pieces(implementation: ModuleType, stream: bytes, cuts: list[int], m
 
 
 def assert_same_framing(stream: bytes, cuts: list[int], max_size: int) -> None:
-    """Both framers fed the same pieces give the same messages at the same feed, hold the
-    same bytes and count the same; and what they give is the whole-stream statement of the
-    rules (reference.frame_stream)."""
-    framers = [implementation.GelfStreamFramer(max_size) for implementation in IMPLEMENTATIONS]
-    messages: list[bytes] = []
-    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
-    for a, b in zip(bounds, bounds[1:]):
-        fed = [framer.feed(stream[a:b]) for framer in framers]
-        assert fed[0] == fed[1], (a, b)
-        states = [(f.buffered, f.truncated, f.incomplete_dropped) for f in framers]
-        assert states[0] == states[1], (a, b)
-        assert states[0][0] <= max_size + 1
-        messages += fed[0]
-    closed = [framer.close() for framer in framers]
-    assert closed[0] == closed[1]
-    messages += closed[0]
-    counts = [(f.truncated, f.incomplete_dropped, f.buffered) for f in framers]
-    assert counts[0] == counts[1]
-    assert (messages, *counts[0][:2]) == reference.frame_stream(stream, max_size)
+    framers.assert_same_framing(
+        lambda size: [implementation.GelfStreamFramer(size)
+                      for implementation in IMPLEMENTATIONS],
+        reference.frame_stream, stream, cuts, max_size, held_at_most=max_size + 1)
 
 
 json_values = st.recursive(

@@ -165,12 +165,12 @@ class Worker:
         name = errno_name(error.errno or 0)
         metrics.SPOOL_WRITE_ERRORS.labels(name).inc()
         self.shared.spool_write_failed(error.errno or 0)
+        now = time.monotonic()
         if not self.retry_delay:
-            self.failing_since = time.monotonic()
+            self.failing_since = now
         self.retry_delay = min(SPOOL_RETRY_MAX_DELAY,
                                max(SPOOL_RETRY_FIRST_DELAY, 2 * self.retry_delay))
-        self.retry_at = time.monotonic() + self.retry_delay
-        now = time.monotonic()
+        self.retry_at = now + self.retry_delay
         if now - self.error_logged_at >= SPOOL_ERROR_LOG_INTERVAL:
             self.error_logged_at = now
             log.error("cannot write to the spool %s (%s: %s): %d record(s) wait in memory and "

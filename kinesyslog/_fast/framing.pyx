@@ -72,6 +72,9 @@ cdef class _Framer:
             raise ValueError("max_message_size must be at least 1")
         self.max_size = max_message_size
 
+    def __init__(self, Py_ssize_t max_message_size):
+        pass
+
     def __dealloc__(self):
         partial_release(&self.partial, True)
 
@@ -120,9 +123,6 @@ cdef class StreamFramer(_Framer):
 
     def __cinit__(self, Py_ssize_t max_message_size):
         self.state = FRAME_START
-
-    def __init__(self, Py_ssize_t max_message_size):
-        pass
 
     def close(self) -> list:
         cdef list out = []
@@ -334,9 +334,6 @@ cdef class GelfStreamFramer(_Framer):
     cdef Py_ssize_t depth
     cdef bint in_string
     cdef bint escape
-
-    def __init__(self, Py_ssize_t max_message_size):
-        pass
 
     def close(self) -> list:
         cdef list out = []

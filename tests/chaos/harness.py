@@ -668,6 +668,16 @@ def new_relay(args: list[str], fake: FakeFirehose) -> Relay:
                  command=["setsid", *kinesyslog_command()])
 
 
+def start_watched(args: list[str], fake: FakeFirehose, relays: list[Relay],
+                  monitor: Monitor) -> Relay:
+    """Starts a relay, adds it to ``relays`` (killed at the end, see stopped_on_exit) and
+    has ``monitor`` sample its processes."""
+    relay = new_relay(args, fake).start()
+    relays.append(relay)
+    monitor.watch(relay)
+    return relay
+
+
 def kill_group(relay: Relay) -> None:
     """SIGKILL every process left in the relay's process group, and the relay itself."""
     if relay.process is None:

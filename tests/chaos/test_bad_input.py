@@ -333,9 +333,7 @@ def test_garbage_input(fake_firehose: FakeFirehose, tmp_path: Path, prof: harnes
     attacks: list[Attack] = []
     half_open: list[socket.socket] = []
     with harness.stopped_on_exit(relays):
-        relay = harness.new_relay(args, fake_firehose).start()
-        relays.append(relay)
-        monitor.watch(relay)
+        relay = harness.start_watched(args, fake_firehose, relays, monitor)
         idle_rss = listener_idle_rss(relay)
         monitor.start()
         context = client_context(pki)
@@ -460,9 +458,7 @@ def test_gelf_floods_and_bombs(fake_firehose: FakeFirehose, tmp_path: Path,
     senders: list[Sender] = []
     attacks: list[Attack] = []
     with harness.stopped_on_exit(relays):
-        relay = harness.new_relay(args, fake_firehose).start()
-        relays.append(relay)
-        monitor.watch(relay)
+        relay = harness.start_watched(args, fake_firehose, relays, monitor)
         idle_rss = listener_idle_rss(relay)
         monitor.start()
         try:

@@ -59,9 +59,7 @@ def test_spool_disk_full(fake_firehose: FakeFirehose, small_filesystem: Path,
     relays: list[Relay] = []
     senders: list[harness.Sender] = []
     with harness.stopped_on_exit(relays):
-        relay = harness.new_relay(args, fake_firehose).start()
-        relays.append(relay)
-        monitor.watch(relay)
+        relay = harness.start_watched(args, fake_firehose, relays, monitor)
         monitor.start()
         try:
             fake_firehose.set_policy("PutRecordBatch", lambda number: INTERNAL_ERROR)

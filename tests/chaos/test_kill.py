@@ -48,9 +48,7 @@ def test_sigkill_at_random_moments(fake_firehose: FakeFirehose, tmp_path: Path,
     downtimes: list[float] = []  # from each kill to the restarted relay's readiness
     udp_dropped = 0
     with harness.stopped_on_exit(relays):
-        relay = harness.new_relay(args, fake_firehose).start()
-        relays.append(relay)
-        monitor.watch(relay)
+        relay = harness.start_watched(args, fake_firehose, relays, monitor)
         monitor.start()
         senders = harness.start_senders(port, prof)
         udp = next(s for s in senders if isinstance(s, UdpSender))

@@ -50,9 +50,7 @@ def test_outage_back_pressure_and_recovery(fake_firehose: FakeFirehose, tmp_path
     relays: list[Relay] = []
     senders: list[harness.Sender] = []
     with harness.stopped_on_exit(relays):
-        relay = harness.new_relay(args, fake_firehose).start()
-        relays.append(relay)
-        monitor.watch(relay)
+        relay = harness.start_watched(args, fake_firehose, relays, monitor)
         time.sleep(1.0)
         monitor.sample()
         idle_rss, idle_pss = monitor.peak_rss, monitor.peak_pss

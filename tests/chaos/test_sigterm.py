@@ -33,9 +33,7 @@ def test_sigterm(fake_firehose: FakeFirehose, tmp_path: Path, prof: harness.Prof
     relays: list[Relay] = []
     senders: list[harness.Sender] = []
     with harness.stopped_on_exit(relays):
-        relay = harness.new_relay(args, fake_firehose).start()
-        relays.append(relay)
-        monitor.watch(relay)
+        relay = harness.start_watched(args, fake_firehose, relays, monitor)
         monitor.start()
         try:
             senders = harness.start_senders(port, prof, incompressible=outage)
@@ -57,9 +55,7 @@ def test_sigterm(fake_firehose: FakeFirehose, tmp_path: Path, prof: harness.Prof
         if outage:
             fake_firehose.accept_connections()
         restarted = time.monotonic()
-        relay = harness.new_relay(args, fake_firehose).start()
-        relays.append(relay)
-        monitor.watch(relay)
+        relay = harness.start_watched(args, fake_firehose, relays, monitor)
         settled = harness.wait_settled(fake_firehose, spool, 60)
         uploaded_after = time.monotonic() - restarted
         second = relay.stop()

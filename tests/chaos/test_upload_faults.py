@@ -126,9 +126,7 @@ def run_faults(fake: FakeFirehose, tmp_path: Path, prof: harness.Profile, title:
     relays: list[Relay] = []
     senders: list[harness.Sender] = []
     with harness.stopped_on_exit(relays):
-        relay = harness.new_relay(args, fake).start()
-        relays.append(relay)
-        monitor.watch(relay)
+        relay = harness.start_watched(args, fake, relays, monitor)
         monitor.start()
         try:
             senders = harness.start_senders(port, prof)

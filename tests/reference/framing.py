@@ -91,15 +91,9 @@ class _Mode(enum.Enum):
     SKIP_LINE = "the line was delivered cut: skip up to the next LF or NUL"
 
 
-class StreamFramer:
-    """RFC 6587 framing of one TCP or TLS connection, detected at the start of every frame.
-
-    feed() takes whatever the socket returned and gives back the complete messages; close()
-    ends the stream. A message longer than max_message_size is delivered cut to that size as
-    soon as that is known (counted in `truncated`) and the rest of its frame is skipped. At
-    close, an unterminated non-transparent message (or MSG-LEN digits never followed by SP)
-    is delivered; an incomplete octet-counted message is dropped and counted in
-    `incomplete_dropped`. `buffered` is how many bytes of the unfinished frame are held."""
+class Framer:
+    """What both stream framers share (as kinesyslog/_fast/framing.pyx's _Framer): the size
+    limit, the held bytes of the unfinished frame and the counters."""
 
     def __init__(self, max_message_size: int) -> None:
         if max_message_size < 1:
@@ -107,13 +101,7 @@ class StreamFramer:
         self._max = max_message_size
         self._truncated = 0
         self._incomplete_dropped = 0
-        self._reset()
-
-    def _reset(self) -> None:
-        self._mode = _Mode.FRAME_START
         self._held = bytearray()
-        self._frame_left = 0  # COUNTED, SKIP_COUNTED: bytes of the frame not read yet
-        self._message_length = 0  # COUNTED: min(MSG-LEN, max_message_size)
 
     @property
     def truncated(self) -> int:
@@ -126,6 +114,27 @@ class StreamFramer:
     @property
     def buffered(self) -> int:
         return len(self._held)
+
+
+class StreamFramer(Framer):
+    """RFC 6587 framing of one TCP or TLS connection, detected at the start of every frame.
+
+    feed() takes whatever the socket returned and gives back the complete messages; close()
+    ends the stream. A message longer than max_message_size is delivered cut to that size as
+    soon as that is known (counted in `truncated`) and the rest of its frame is skipped. At
+    close, an unterminated non-transparent message (or MSG-LEN digits never followed by SP)
+    is delivered; an incomplete octet-counted message is dropped and counted in
+    `incomplete_dropped`. `buffered` is how many bytes of the unfinished frame are held."""
+
+    def __init__(self, max_message_size: int) -> None:
+        super().__init__(max_message_size)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._mode = _Mode.FRAME_START
+        self._held = bytearray()
+        self._frame_left = 0  # COUNTED, SKIP_COUNTED: bytes of the frame not read yet
+        self._message_length = 0  # COUNTED: MSG-LEN, or max_message_size when cut early
 
     def feed(self, data: Buffer) -> list[bytes]:
         stream = as_bytes(data)

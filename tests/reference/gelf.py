@@ -49,6 +49,7 @@ from kinesyslog.constants import (
     GELF_MAX_TIMESTAMP_MS,
     GELF_STANDARD_CHUNK_SIZE,
 )
+from tests.reference.framing import Framer
 
 Buffer = Union[bytes, bytearray, memoryview]
 Status = Literal["ok", "truncated", "corrupt"]
@@ -320,7 +321,7 @@ class _FrameScan:
         return len(stream)
 
 
-class GelfStreamFramer:
+class GelfStreamFramer(Framer):
     """GELF documents of a TCP or TLS stream (docs/contract.md §4.6).
 
     A frame starts at the first byte that is not JSON whitespace or NUL. It ends at NUL,
@@ -332,11 +333,7 @@ class GelfStreamFramer:
     is delivered if no object is open, else dropped and counted in `incomplete_dropped`."""
 
     def __init__(self, max_message_size: int) -> None:
-        if max_message_size < 1:
-            raise ValueError("max_message_size must be at least 1")
-        self._max = max_message_size
-        self._truncated = 0
-        self._incomplete_dropped = 0
+        super().__init__(max_message_size)
         self._new_frame()
 
     def _new_frame(self) -> None:
@@ -344,18 +341,6 @@ class GelfStreamFramer:
         self._skipping = False  # it was delivered cut: drop the rest
         self._scan = _FrameScan()
         self._held = bytearray()
-
-    @property
-    def truncated(self) -> int:
-        return self._truncated
-
-    @property
-    def incomplete_dropped(self) -> int:
-        return self._incomplete_dropped
-
-    @property
-    def buffered(self) -> int:
-        return len(self._held)
 
     def _deliver(self, frame: bytes, out: list[bytes]) -> None:
         """Deliver a frame, cut to max_message_size (and counted) if it is longer."""
