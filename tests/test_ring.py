@@ -665,16 +665,20 @@ def test_fork_producer_parent_consumer_child(tmp_path: Path) -> None:
     ring = make(tmp_path)
     deadline = time.monotonic() + WAIT_SECONDS
     result_r, result_w = os.pipe()
+    go_r, go_w = os.pipe()  # the consumer starts once the ring is full: the producer must wait
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         code = 1
         try:
             os.close(result_r)
+            os.close(go_w)
+            os.read(go_r, 1)
             os.write(result_w, _consume(ring, deadline))
             code = 0
         finally:
             os._exit(code)
     os.close(result_w)
+    os.close(go_r)
     reaped = False
     try:
         full_waits = 0
@@ -685,6 +689,8 @@ def test_fork_producer_parent_consumer_child(tmp_path: Path) -> None:
                 written = ring.write_batch(messages, start, source, port, kind, ms)
                 start += written
                 if not written:
+                    if not full_waits:
+                        os.write(go_w, b"g")
                     full_waits += 1
                     assert time.monotonic() < deadline, "consumer stalled"
                     assert os.waitpid(pid, os.WNOHANG) == (0, 0), "consumer died"
@@ -701,5 +707,6 @@ def test_fork_producer_parent_consumer_child(tmp_path: Path) -> None:
         assert full_waits > 0  # the producer really waited for the consumer
     finally:
         os.close(result_r)
+        os.close(go_w)
         if not reaped:
             _kill_and_reap(pid)
