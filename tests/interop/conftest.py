@@ -1,5 +1,6 @@
-"""Interoperability with real syslog senders (util-linux logger, Python's SysLogHandler,
-rsyslog 8): the `interop` marker, the relay under test and the checks of what it wrote.
+"""Interoperability with the real senders operators run (util-linux logger, Python's
+SysLogHandler, rsyslog 8, syslog-ng 3.38, pygelf, graypy) and with HAProxy in front of the
+relay: the `interop` marker, the relay under test and the checks of what it wrote.
 
 Each test starts the real `kinesyslog listen --output-dir` on one loopback port (TCP and UDP),
 lets a real sender write numbered messages to it, waits (bounded) until they are in the
@@ -11,10 +12,13 @@ stream. Missing senders skip with the Debian package to install
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +29,13 @@ from tests.e2e.relay_process import Relay, decode_records, events_of
 
 Event = tuple[str, str, dict]  # (logGroup, logStream, event)
 WAIT_TIMEOUT = 20.0  # seconds for the messages of one test to reach the output directory
+STOP_TIMEOUT = 10.0  # seconds a sender gets to exit after SIGTERM, and after SIGKILL
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "interop: real syslog senders (logger, SysLogHandler, rsyslog) against "
-                   "the real relay (tests/interop)")
+        "markers", "interop: real senders (logger, SysLogHandler, rsyslog, syslog-ng, pygelf, "
+                   "graypy) and HAProxy against the real relay (tests/interop)")
 
 
 def require(command: str, package: str) -> str:
@@ -45,15 +50,28 @@ def require(command: str, package: str) -> str:
     return found
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Ends a sender started by a test, by PID: SIGTERM, then SIGKILL after a bounded wait."""
+    if process.poll() is not None:
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(STOP_TIMEOUT)
+
+
 @dataclass
 class RelayUnderTest:
     relay: Relay
     port: int
     out: Path
+    kind: str = "syslog"  # "gelf" with --gelf
 
     @property
     def group(self) -> str:
-        return f"/kinesyslog/syslog/{self.port}"
+        return f"/kinesyslog/{self.kind}/{self.port}"
 
     def events(self) -> list[Event]:
         """The events of every finished record file in the output directory."""
@@ -62,33 +80,47 @@ class RelayUnderTest:
         return events_of(record for path in sorted(self.out.glob("record-*.gz"))
                          for record in decode_records(path.read_bytes()))
 
+    def wait_events(self, count: int, timeout: float = WAIT_TIMEOUT) -> None:
+        """Waits (bounded) until ``count`` events were written."""
+        wait_relay(self.relay, lambda: len(self.events()) >= count, timeout,
+                   message=f"{count} events in {self.out}", interval=0.1)
+
     def finish(self, count: int, timeout: float = WAIT_TIMEOUT) -> list[Event]:
         """Waits until ``count`` events were written, stops the relay (which flushes whatever
         else it holds) and returns every event it wrote."""
-        wait_relay(self.relay, lambda: len(self.events()) >= count, timeout,
-                   message=f"{count} events in {self.out}", interval=0.1)
+        self.wait_events(count, timeout)
         code = self.relay.stop()
         assert code == 0, f"the relay exited with {code}\n{self.relay.log}"
         return self.events()
 
 
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[RelayUnderTest]:
-    """The real relay on one free loopback port for TCP and UDP, writing to an output dir."""
-    (port,) = ports(1)
+@contextlib.contextmanager
+def running_relay(tmp_path: Path, port: int, listen: list[str],
+                  extra: Sequence[str] = ()) -> Iterator[RelayUnderTest]:
+    """The real relay with ``listen`` options (the ports), writing to ``tmp_path``/out with
+    its spool in ``tmp_path``/spool (both kept across restarts in one test); stopped by PID
+    when the block ends."""
     out = tmp_path / "out"
     process = Relay(["--output-dir", str(out), "--spool-dir", str(tmp_path / "spool"),
-                     "--address", "127.0.0.1", "--tcp-port", str(port), "--udp-port", str(port),
-                     "--flush-interval", "0.5"])
+                     "--address", "127.0.0.1", *listen, "--flush-interval", "0.5", *extra])
     try:
         process.start()
-        yield RelayUnderTest(process, port, out)
+        yield RelayUnderTest(process, port, out, "gelf" if "--gelf" in extra else "syslog")
     finally:
         if process.process is not None and process.process.poll() is None:
             try:
                 process.stop(timeout=15)
             finally:
                 process.kill()
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[RelayUnderTest]:
+    """The real relay on one free loopback port for TCP and UDP, writing to an output dir."""
+    (port,) = ports(1)
+    with running_relay(tmp_path, port, ["--tcp-port", str(port), "--udp-port", str(port)]) \
+            as under_test:
+        yield under_test
 
 
 def check_messages(relay: RelayUnderTest, events: list[Event], expected: list[str],
