@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Throughput and memory benchmark of the relay, end to end: socket → gzip records on disk.
+"""Throughput and memory benchmark of a syslog relay, end to end: socket → records on disk
+(or in S3, through a local moto Firehose), our relay beside rsyslog.
 
-Each scenario starts a fresh relay (fresh spool and output directories), sends N numbered
-RFC 5424 (or GELF 1.1) messages, waits until no record has appeared for a while, stops the
-relay with SIGTERM and only then decodes every record, so loss and duplicates are counted
-exactly.
-See bench/README.md for the columns. Run by hand, after `make build`, from the repository:
+Each run starts a fresh system (our relay or rsyslogd, in new directories), sends N numbered
+RFC 5424 (or GELF 1.1) messages, waits until all were delivered or nothing new came for a
+while, stops the system by pid and only then checks every delivered message, so loss and
+duplicates are counted exactly.
+See bench/README.md for the options and the columns. Run by hand, after `make build`, from
+the repository:
 .venv/bin/python bench/run.py --help
 """
 
@@ -18,59 +20,38 @@ import os
 import platform
 import random
 import re
-import shlex
+import shutil
 import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kinesyslog.constants import (  # noqa: E402
-    FIREHOSE_MAX_RECORD_BYTES,
-    GELF_CHUNK_MAGIC,
-    GELF_MAX_CHUNKS,
-    SPOOL_LEGACY_PREFIX,
-    SPOOL_RECORD_PREFIX,
+from bench.procs import udp_rcvbuf_errors  # noqa: E402
+from bench.senders import (  # noqa: E402
+    SendResult,
+    build_blaster,
+    send_tcp,
+    send_udp,
+    send_udp_blast,
+    write_datagrams,
 )
-
-try:
-    from isal import isal_zlib as inflate_lib
-except ImportError:  # the standard zlib decodes the same, only slower
-    inflate_lib = zlib  # type: ignore[assignment]
+from bench.systems import Kinesyslog, Rsyslog, StartError, Stub, System  # noqa: E402
+from bench.verify import GELF_SEQ_DIGITS, SD_ID, Tally  # noqa: E402
+from kinesyslog.constants import GELF_CHUNK_MAGIC, GELF_MAX_CHUNKS  # noqa: E402
 
 DEFAULT_SCENARIOS = ("tcp1-lf", "tcp1-octet", "tcp8-lf", "tcp8-octet", "udp-50000")
-READY_LINE = "kinesyslog ready"
-SAMPLE_INTERVAL = 0.2  # seconds between memory/CPU samples
-POLL_INTERVAL = 0.05  # seconds between looks at a log file, a directory or a process
-SEND_CHUNK = 1024 * 1024  # bytes per sendall() on TCP
-SEND_TIMEOUT = 120.0  # a TCP send that makes no progress for this long fails the scenario
-UDP_BURSTS_PER_SECOND = 1000
-MAX_DESCENDANTS = 64
-CHILDREN_TIMEOUT = 10.0  # how long to wait for the worker and uploader to show up
-DELIVERED_FRACTION = 0.95  # t95: when this fraction of the messages was on disk
-LEGACY_STREAM = "kinesyslog-bench"
-LOG_TAIL_LINES = 20
-KIB = 1024  # /proc reports kB meaning KiB
+SYSTEMS = ("kinesyslog", "rsyslog")
 MB = 1_000_000
-
-# RFC 5424 section 6: SD-ID "name@<private enterprise number>"; 32473 is reserved for
-# documentation (RFC 5612). The sequence number in it is how loss is counted.
-SD_ID = "bench@32473"
-SEQ_RE = re.compile(r'\[bench@32473 seq="(\d+)"\]')
-# GELF messages carry it at the start of short_message, zero-padded so all have one length.
-GELF_SEQ_RE = re.compile(r'"short_message":"seq=(\d+) ')
-GELF_SEQ_DIGITS = 7
 HOSTS = [f"{kind}-{i:02d}.example.com" for kind in ("web", "db", "edge") for i in range(4)]
 APPS = [("nginx", "access"), ("sshd", "auth"), ("api", "request"), ("postgres", "query"),
         ("kernel", "-"), ("cron", "job")]
@@ -184,10 +165,6 @@ def gelf_chunks(messages: list[bytes], count: int) -> list[bytes]:
     return datagrams
 
 
-def expected_timestamp_ms(seq: int, base_second: int) -> int:
-    return (base_second + seq // 1000) * 1000 + seq % 1000
-
-
 def frame(messages: list[bytes], framing: str) -> bytes:
     if framing == "lf":
         return b"\n".join(messages) + b"\n"
@@ -207,599 +184,138 @@ def split_evenly(count: int, parts: int) -> list[range]:
     return [range(i, min(i + step, count)) for i in range(0, count, step)]
 
 
-# --- /proc ----------------------------------------------------------------------------------
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def read_proc(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as file:
-            return file.read()
-    except OSError:  # the process is gone
-        return None
+# --- one run ------------------------------------------------------------------------------------
 
+class Payloads:
+    """What is sent, built once per scenario shape and reused by every run: TCP payloads per
+    connection, UDP datagrams (GELF chunks), and the file the C UDP sender reads."""
 
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        text = read_proc(f"/proc/{pid}/task/{task}/children") or ""
-        found.extend(int(child) for child in text.split())
-    return found
+    def __init__(self, messages: dict[str, list[bytes]], data_dir: Path) -> None:
+        self.messages = messages
+        self.data_dir = data_dir
+        self._tcp: dict[tuple[int, str], list[bytes]] = {}
+        self._datagrams: dict[tuple[str, int], list[bytes]] = {}
+        self._files: dict[tuple[str, int], Path] = {}
 
+    def tcp(self, scenario: Scenario) -> list[bytes]:
+        key = (scenario.connections, scenario.framing)
+        if key not in self._tcp:
+            self._tcp.clear()  # one scenario's payloads at a time: they are large
+            messages = self.messages[scenario.protocol]
+            self._tcp[key] = [frame(messages[part.start:part.stop], scenario.framing)
+                              for part in split_evenly(len(messages), scenario.connections)]
+        return self._tcp[key]
 
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    queue = [pid]
-    while queue and len(found) < MAX_DESCENDANTS:
-        for child in children(queue.pop()):
-            if child not in found:
-                found.append(child)
-                queue.append(child)
-    return found
+    def datagrams(self, scenario: Scenario) -> list[bytes]:
+        key = (scenario.protocol, scenario.chunks)
+        if key not in self._datagrams:
+            messages = self.messages[scenario.protocol]
+            self._datagrams[key] = (gelf_chunks(messages, scenario.chunks)
+                                    if scenario.chunks > 1 else messages)
+        return self._datagrams[key]
 
-
-def role_of(pid: int, root: int) -> str:
-    if pid == root:
-        return "listener"
-    cmdline = (read_proc(f"/proc/{pid}/cmdline") or "").replace("\0", " ")
-    for role in ("worker", "uploader"):
-        if f"kinesyslog: {role}" in cmdline:
-            return role
-    return "child"
-
-
-def status_kb(text: str, key: str) -> int:
-    match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match[1]) if match else 0
-
-
-def stat_fields(pid: int) -> list[str] | None:
-    """/proc/PID/stat from field 3 on (field k is at index k - 3): comm may hold spaces."""
-    text = read_proc(f"/proc/{pid}/stat")
-    return text[text.rindex(")") + 2:].split() if text else None
-
-
-def udp_rcvbuf_errors() -> int:
-    """The host's count of UDP datagrams dropped because a receive buffer was full."""
-    lines = [line.split() for line in (read_proc("/proc/net/snmp") or "").splitlines()
-             if line.startswith("Udp:")]
-    if len(lines) < 2 or "RcvbufErrors" not in lines[0]:
-        return 0
-    return int(lines[1][lines[0].index("RcvbufErrors")])
+    def datagram_file(self, scenario: Scenario) -> Path:
+        key = (scenario.protocol, scenario.chunks)
+        if key not in self._files:
+            path = self.data_dir / f"datagrams-{scenario.protocol}-{scenario.chunks}.bin"
+            self._files[key] = write_datagrams(path, self.datagrams(scenario))
+        return self._files[key]
 
 
 @dataclass
-class ProcStats:
-    pid: int
-    role: str
-    start_ticks: str  # /proc/PID/stat field 22: tells this process from a later one with its pid
-    cpu_seconds: float = 0.0
-    hwm_kb: int = 0
-    peak_rss_kb: int = 0
-    peak_pss_kb: int = 0
+class Context:
+    """What every run shares."""
+
+    args: argparse.Namespace
+    payloads: Payloads
+    base_second: int
+    stub_url: str | None
+    blaster: Path | None  # the compiled C UDP sender; None: the Python one
 
 
-class Sampler:
-    """Samples RSS and PSS (summed over the relay's processes) and each one's CPU time."""
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-        self.procs: dict[int, ProcStats] = {}
-        self.peak_rss_kb = 0
-        self.peak_pss_kb = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
-
-    def start(self) -> None:
-        self.sample()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_INTERVAL):
-            self.sample()
-
-    def sample(self) -> None:
-        rss_total = pss_total = 0
-        for pid in [self.root, *descendants(self.root)]:
-            status, fields = read_proc(f"/proc/{pid}/status"), stat_fields(pid)
-            if status is None or fields is None:
-                continue
-            proc = self.procs.get(pid)
-            if proc is None or proc.start_ticks != fields[19]:
-                proc = self.procs[pid] = ProcStats(pid, role_of(pid, self.root), fields[19])
-            elif proc.role == "child":  # seen between fork and setting its process title
-                proc.role = role_of(pid, self.root)
-            rss = status_kb(status, "VmRSS")
-            pss = status_kb(read_proc(f"/proc/{pid}/smaps_rollup") or "", "Pss")
-            proc.cpu_seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-            proc.hwm_kb = max(proc.hwm_kb, status_kb(status, "VmHWM"))
-            proc.peak_rss_kb = max(proc.peak_rss_kb, rss)
-            proc.peak_pss_kb = max(proc.peak_pss_kb, pss)
-            rss_total += rss
-            pss_total += pss
-        self.peak_rss_kb = max(self.peak_rss_kb, rss_total)
-        self.peak_pss_kb = max(self.peak_pss_kb, pss_total)
-        self.samples += 1
-
-    def still_ours(self, proc: ProcStats) -> bool:
-        fields = stat_fields(proc.pid)
-        return fields is not None and fields[19] == proc.start_ticks and fields[0] != "Z"
+def make_system(context: Context, name: str, scenario: Scenario, workdir: Path) -> System:
+    if name == "rsyslog":
+        return Rsyslog(context.args, workdir, scenario.transport)
+    return Kinesyslog(context.args, workdir, scenario.transport, scenario.protocol == "gelf",
+                      context.stub_url)
 
 
-# --- a Firehose stand-in for --legacy runs ---------------------------------------------------
-
-class StubFirehose(BaseHTTPRequestHandler):
-    """Says the stream is ACTIVE and fails every record, so records stay in the spool, where
-    the harness counts them; answers sts:GetCallerIdentity with account 000000000000."""
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        target = self.headers.get("X-Amz-Target", "")
-        if target.endswith(".DescribeDeliveryStream"):
-            self._json({"DeliveryStreamDescription": {
-                "DeliveryStreamName": LEGACY_STREAM, "DeliveryStreamStatus": "ACTIVE",
-                "DeliveryStreamARN": f"arn:aws:firehose:us-east-1:000000000000:"
-                                     f"deliverystream/{LEGACY_STREAM}",
-                "DeliveryStreamType": "DirectPut", "VersionId": "1", "Destinations": [],
-                "HasMoreDestinations": False}})
-        elif target.endswith(".PutRecordBatch"):
-            count = len(json.loads(body)["Records"])
-            failure = {"ErrorCode": "ServiceUnavailableException",
-                       "ErrorMessage": "benchmark stub: records stay spooled"}
-            self._json({"FailedPutCount": count, "Encrypted": False,
-                        "RequestResponses": [failure] * count})
-        elif target.endswith("GetCallerIdentity"):
-            self._json({"Account": "000000000000", "UserId": "BENCH",
-                        "Arn": "arn:aws:iam::000000000000:user/bench"})
-        elif b"Action=GetCallerIdentity" in body:
-            self._reply(200, "text/xml", (
-                b'<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
-                b"<GetCallerIdentityResult><Arn>arn:aws:iam::000000000000:user/bench</Arn>"
-                b"<UserId>BENCH</UserId><Account>000000000000</Account></GetCallerIdentityResult>"
-                b"<ResponseMetadata><RequestId>bench</RequestId></ResponseMetadata>"
-                b"</GetCallerIdentityResponse>"))
-        else:
-            self._reply(400, "application/x-amz-json-1.1",
-                        b'{"__type": "UnknownOperationException", "message": "benchmark stub"}')
-
-    def _json(self, document: dict[str, Any]) -> None:
-        self._reply(200, "application/x-amz-json-1.1", json.dumps(document).encode())
-
-    def _reply(self, code: int, content_type: str, data: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-amzn-RequestId", "bench")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+def send(context: Context, scenario: Scenario, system: System) -> SendResult:
+    if scenario.transport == "tcp":
+        payloads = context.payloads.tcp(scenario)
+        parts = split_evenly(len(context.payloads.messages[scenario.protocol]),
+                             scenario.connections)
+        return send_tcp(system.tcp_port, payloads, [len(part) for part in parts])
+    if context.blaster:
+        return send_udp_blast(context.blaster, context.payloads.datagram_file(scenario),
+                              system.udp_port, scenario.rate, scenario.chunks,
+                              context.args.udp_batch, context.args.timeout)
+    return send_udp(system.udp_port, context.payloads.datagrams(scenario), scenario.rate,
+                    scenario.chunks)
 
 
-# --- the relay under test ---------------------------------------------------------------------
-
-def free_port(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RelayError(Exception):
-    pass
-
-
-class Relay:
-    """One relay process tree, started fresh for one scenario and always stopped by pid."""
-
-    def __init__(self, args: argparse.Namespace, workdir: Path, stub_url: str | None,
-                 gelf: bool = False) -> None:
-        self.args = args
-        self.gelf = gelf
-        self.spool = workdir / "spool"
-        self.out = workdir / "out"
-        self.spool.mkdir()
-        self.out.mkdir()
-        self.log_path = workdir / "relay.log"
-        self.tcp_port = free_port(socket.SOCK_STREAM)
-        self.udp_port = free_port(socket.SOCK_DGRAM)
-        self.stub_url = stub_url
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.sampler: Sampler | None = None
-
-    @property
-    def collect_dir(self) -> Path:
-        return self.spool if self.args.legacy else self.out
-
-    def is_record(self, name: str) -> bool:
-        if self.args.legacy:
-            return name.startswith((SPOOL_LEGACY_PREFIX, SPOOL_RECORD_PREFIX))
-        return not name.startswith(".")
-
-    def command(self) -> list[str]:
-        relay = shlex.split(self.args.relay_cmd) if self.args.relay_cmd else [
-            sys.executable, "-m", "kinesyslog"]
-        cmd = [*relay, "listen", "--spool-dir", str(self.spool),
-               "--address", "127.0.0.1", "--tcp-port", str(self.tcp_port),
-               "--udp-port", str(self.udp_port)]
-        if self.gelf:  # every listener then speaks GELF
-            cmd.append("--gelf")
-        if self.args.legacy:  # only options that kinesyslog 2.x knows
-            cmd += ["--stream", LEGACY_STREAM, "--tls-port", "0"]
-        else:
-            cmd += ["--output-dir", str(self.out), "--flush-interval",
-                    str(self.args.flush_interval)]
-            if self.args.flush_size:
-                cmd += ["--flush-size", str(self.args.flush_size)]
-        return cmd + list(self.args.relay_arg)
-
-    def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if not self.args.relay_cmd:  # this checkout, with its extensions built in place
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
-                                                              env.get("PYTHONPATH")]))
-        if self.stub_url:
-            env.update(AWS_ENDPOINT_URL=self.stub_url, AWS_ACCESS_KEY_ID="bench",
-                       AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                       AWS_EC2_METADATA_DISABLED="true")
-            env.pop("AWS_PROFILE", None)
-            env.pop("AWS_SESSION_TOKEN", None)
-        return env
-
-    def start(self) -> None:
-        with open(self.log_path, "wb") as log:
-            # Its own session: a Ctrl-C in the terminal reaches the harness only, which then
-            # stops the relay with SIGTERM like a service manager would.
-            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=self.log_path.parent,
-                                         env=self.environment(), start_new_session=True)
-        # Sampling from the start also learns the children's pids, for stop().
-        self.sampler = Sampler(self.proc.pid)
-        self._wait_ready()
-        self._wait_children()
-        self.sampler.start()
-
-    def _wait_ready(self) -> None:
-        assert self.proc is not None and self.sampler is not None
-        deadline = time.monotonic() + self.args.ready_timeout
-        while time.monotonic() < deadline:
-            self.sampler.sample()
-            if self.proc.poll() is not None:
-                raise RelayError(f"the relay exited with {self.proc.returncode} at start-up:\n"
-                                 + self.log_tail())
-            if self._ready():
-                return
-            time.sleep(POLL_INTERVAL)
-        raise RelayError(f"the relay was not ready within {self.args.ready_timeout} s:\n"
-                         + self.log_tail())
-
-    def _ready(self) -> bool:
-        if not self.args.legacy:
-            return READY_LINE in self.log_path.read_text(errors="replace")
-        # kinesyslog 2.x prints no ready line: it is ready when its TCP port accepts.
-        try:
-            socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    def _wait_children(self) -> None:
-        """Our relay forks a worker and an uploader; wait until both have their titles."""
-        assert self.sampler is not None
-        deadline = time.monotonic() + CHILDREN_TIMEOUT
-        while not self.args.legacy and time.monotonic() < deadline:
-            self.sampler.sample()
-            roles = {proc.role for proc in self.sampler.procs.values()}
-            if {"worker", "uploader"} <= roles:
-                return
-            time.sleep(POLL_INTERVAL)
-        if not self.args.legacy:
-            print(f"warning: no worker/uploader process titles after {CHILDREN_TIMEOUT} s; "
-                  "measuring every child process", file=sys.stderr)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def final_sample(self) -> None:
-        """The last CPU and VmHWM readings, taken while the processes still exist."""
-        if self.sampler:
-            self.sampler.stop()
-            self.sampler.sample()
-
-    def stop(self) -> int | None:
-        """SIGTERM, a bounded wait, then SIGKILL by pid for whatever is left."""
-        if self.proc is None:
-            return None
-        if self.sampler:
-            self.sampler.stop()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=self.args.stop_timeout)
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C kills
-                print("warning: the relay did not stop after SIGTERM; killing it",
-                      file=sys.stderr)
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        leftovers = [p for p in (self.sampler.procs.values() if self.sampler else ())
-                     if p.pid != self.proc.pid]
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(map(self._ours, leftovers)):
-            time.sleep(POLL_INTERVAL)
-        for proc in filter(self._ours, leftovers):
-            print(f"warning: killing left-over {proc.role} process {proc.pid}", file=sys.stderr)
-            os.kill(proc.pid, signal.SIGKILL)
-        return self.proc.returncode
-
-    def _ours(self, proc: ProcStats) -> bool:
-        return self.sampler is not None and self.sampler.still_ours(proc)
-
-    def log_tail(self) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-LOG_TAIL_LINES:])
-
-
-# --- sending ----------------------------------------------------------------------------------
-
-@dataclass
-class SendResult:
-    started: float  # wall clock (file mtimes are wall clock too)
-    seconds: float
-    sent: int
-    errors: list[str] = field(default_factory=list)
-
-
-def send_tcp(port: int, payloads: list[bytes], counts: list[int]) -> SendResult:
-    """Sends each payload over its own connection, all at once, in large sendall() chunks."""
-    sockets = [socket.create_connection(("127.0.0.1", port), timeout=SEND_TIMEOUT)
-               for _ in payloads]
-    gate = threading.Barrier(len(payloads) + 1, timeout=SEND_TIMEOUT)
-    errors: list[str] = []
-    failed = [False] * len(payloads)
-
-    def send(index: int) -> None:
-        sock, view = sockets[index], memoryview(payloads[index])
-        try:
-            gate.wait()
-            for offset in range(0, len(view), SEND_CHUNK):
-                sock.sendall(view[offset:offset + SEND_CHUNK])
-            sock.shutdown(socket.SHUT_WR)
-        except (OSError, threading.BrokenBarrierError) as error:
-            failed[index] = True
-            errors.append(f"connection {index}: {error!r}")
-        finally:
-            sock.close()
-
-    threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(len(payloads))]
-    for thread in threads:
-        thread.start()
-    started, clock = time.time(), time.monotonic()
-    gate.wait()
-    for thread in threads:
-        thread.join(timeout=SEND_TIMEOUT * 2)
-        if thread.is_alive():
-            errors.append("a sender thread did not finish")
-    seconds = time.monotonic() - clock
-    sent = sum(count for count, bad in zip(counts, failed) if not bad)
-    return SendResult(started, seconds, sent, errors)
-
-
-def send_udp(port: int, datagrams: list[bytes], rate: int, per_message: int = 1) -> SendResult:
-    """Each message's per_message consecutive datagrams (1, or its GELF chunks) at rate
-    messages per second, paced in small bursts. Counts the messages whose every datagram
-    was sent."""
-    burst = max(1, rate // UDP_BURSTS_PER_SECOND) * per_message
-    datagram_rate = rate * per_message
-    errors: dict[str, int] = {}
-    failed: set[int] = set()  # messages with a datagram that was not sent
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect(("127.0.0.1", port))
-        send = sock.send
-        started, clock = time.time(), time.monotonic()
-        for first in range(0, len(datagrams), burst):
-            delay = clock + first / datagram_rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            for index in range(first, min(first + burst, len(datagrams))):
-                try:
-                    send(datagrams[index])
-                except OSError as error:  # ECONNREFUSED, ENOBUFS
-                    errors[repr(error)] = errors.get(repr(error), 0) + 1
-                    failed.add(index // per_message)
-        seconds = time.monotonic() - clock
-    sent = len(datagrams) // per_message - len(failed)
-    return SendResult(started, seconds, sent, [f"{n} x {e}" for e, n in errors.items()])
-
-
-# --- waiting and decoding ---------------------------------------------------------------------
-
-def wait_quiet(relay: Relay, quiet: float, deadline: float) -> tuple[int, bool]:
-    """Watches the record directory, without reading any record, until none appeared for
-    quiet seconds. Returns how many it saw and whether it went quiet before the deadline."""
-    seen: set[str] = set()
-    last_change = time.monotonic()
-    while time.monotonic() < deadline:
-        with os.scandir(relay.collect_dir) as entries:
-            for entry in entries:
-                if entry.name not in seen and relay.is_record(entry.name) and entry.is_file():
-                    seen.add(entry.name)
-                    last_change = time.monotonic()
-        if time.monotonic() - last_change >= quiet:
-            return len(seen), True
-        if not relay.alive():
-            return len(seen), False
-        time.sleep(POLL_INTERVAL)
-    return len(seen), False
-
-
-def gzip_members(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(compressed size, content) of each concatenated gzip member (RFC 1952 2.2)."""
-    while data:
-        inflater = inflate_lib.decompressobj(16 + zlib.MAX_WBITS)
-        content = inflater.decompress(data) + inflater.flush()
-        if not inflater.eof:
-            raise ValueError("truncated gzip member")
-        yield len(data) - len(inflater.unused_data), content
-        data = inflater.unused_data
-
-
-@dataclass
-class Tally:
-    events: int = 0
-    distinct: int = 0
-    duplicates: int = 0
-    foreign: int = 0  # events without a sequence number of this run
-    corrupt: int = 0  # right sequence number, different text
-    bad_timestamps: int = 0
-    misordered: int = 0  # later than a higher number of the same connection, in one record
-    records: int = 0
-    record_bytes: int = 0
-    max_record_bytes: int = 0
-    oversize_records: int = 0
-    wrong_group: int = 0  # records whose logGroup is not .../<syslog|gelf>/<port>
-    bad_files: list[str] = field(default_factory=list)
-    newest_mtime: float = 0.0
-    t95_mtime: float | None = None
-
-
-def decode(relay: Relay, scenario: Scenario, messages: list[bytes], base_second: int) -> Tally:
-    tally = Tally()
-    connections = scenario.connections
-    seq_re = GELF_SEQ_RE if scenario.protocol == "gelf" else SEQ_RE
-    port = relay.tcp_port if scenario.transport == "tcp" else relay.udp_port
-    group_suffix = f"/{scenario.protocol}/{port}"
+def run_scenario(context: Context, scenario: Scenario, system_name: str,
+                 repetition: int) -> dict[str, Any]:
+    args = context.args
+    messages = context.payloads.messages[scenario.protocol]
     count = len(messages)
-    per_connection = math.ceil(count / connections)
-    seen = bytearray(count)
-    delivered_at: list[tuple[float, int]] = []  # (mtime, new distinct events) per file
-    for path in sorted(relay.collect_dir.iterdir()):
-        if not (relay.is_record(path.name) and path.is_file()):
-            continue
-        data, mtime = path.read_bytes(), path.stat().st_mtime
-        before = tally.distinct
-        try:
-            for size, member in gzip_members(data):
-                tally.records += 1
-                tally.record_bytes += size
-                tally.max_record_bytes = max(tally.max_record_bytes, size)
-                tally.oversize_records += size > FIREHOSE_MAX_RECORD_BYTES
-                last: dict[int, int] = {}
-                document = json.loads(member)
-                # kinesyslog 2.x's group names are not part of what --legacy checks
-                tally.wrong_group += not (relay.args.legacy
-                                          or document["logGroup"].endswith(group_suffix))
-                for event in document["logEvents"]:
-                    tally.events += 1
-                    message = event["message"]
-                    match = seq_re.search(message)
-                    seq = int(match[1]) if match else -1
-                    if not 0 <= seq < count:
-                        tally.foreign += 1
-                        continue
-                    if seen[seq]:
-                        tally.duplicates += 1
-                    else:
-                        seen[seq] = 1
-                        tally.distinct += 1
-                    tally.corrupt += message.encode() != messages[seq]
-                    tally.bad_timestamps += event["timestamp"] != expected_timestamp_ms(
-                        seq, base_second)
-                    conn = seq // per_connection
-                    tally.misordered += seq < last.get(conn, -1)
-                    last[conn] = seq
-        except (ValueError, KeyError, TypeError, zlib.error) as error:
-            tally.bad_files.append(f"{path.name}: {error!r}")
-        tally.newest_mtime = max(tally.newest_mtime, mtime)
-        delivered_at.append((mtime, tally.distinct - before))
-    total = 0
-    for mtime, new in sorted(delivered_at):
-        total += new
-        if total >= DELIVERED_FRACTION * count:
-            tally.t95_mtime = mtime
-            break
-    return tally
-
-
-# --- one scenario -------------------------------------------------------------------------------
-
-def run_scenario(args: argparse.Namespace, scenario: Scenario, messages: list[bytes],
-                 base_second: int, stub_url: str | None) -> dict[str, Any]:
-    count = len(messages)
-    result: dict[str, Any] = {"scenario": scenario.name, "transport": scenario.transport,
+    result: dict[str, Any] = {"scenario": scenario.name, "system": system_name,
+                              "repetition": repetition, "transport": scenario.transport,
                               "protocol": scenario.protocol, "messages": count,
                               "size": args.size}
-    parts = split_evenly(count, scenario.connections)
-    payloads = []
+    if system_name == "rsyslog" and scenario.protocol == "gelf":
+        result["skipped"] = "rsyslog has no GELF input"
+        return result
     if scenario.transport == "tcp":
-        payloads = [frame(messages[part.start:part.stop], scenario.framing) for part in parts]
-        result["payload_bytes"] = sum(map(len, payloads))
-    datagrams = messages
+        result["payload_bytes"] = sum(map(len, context.payloads.tcp(scenario)))
     if scenario.chunks > 1:
-        datagrams = gelf_chunks(messages, scenario.chunks)
-        result.update(chunks_per_message=scenario.chunks, datagrams=len(datagrams))
-    workdir = Path(tempfile.mkdtemp(prefix=f"kinesyslog-bench-{scenario.name}-",
+        result.update(chunks_per_message=scenario.chunks,
+                      datagrams=len(context.payloads.datagrams(scenario)))
+    if scenario.transport == "udp" and context.blaster:
+        context.payloads.datagram_file(scenario)  # written before the system starts
+    workdir = Path(tempfile.mkdtemp(prefix=f"kinesyslog-bench-{scenario.name}-{system_name}-",
                                     dir=args.tmp_dir))
-    relay = Relay(args, workdir, stub_url, gelf=scenario.protocol == "gelf")
-    result.update(relay_command=relay.command(), workdir=str(workdir))
+    system = make_system(context, system_name, scenario, workdir)
+    result.update(command=system.command(), workdir=str(workdir))
+    if isinstance(system, Kinesyslog):
+        result["firehose"] = "moto" if system.moto else "stub" if args.legacy else "output-dir"
+    checker = system.checker(messages, scenario.connections, scenario.protocol == "gelf",
+                             context.base_second)
     try:
         try:
-            relay.start()
-            deadline = time.monotonic() + args.timeout
-            udp_errors_before = udp_rcvbuf_errors()
-            if scenario.transport == "tcp":
-                sent = send_tcp(relay.tcp_port, payloads, [len(part) for part in parts])
-            else:
-                sent = send_udp(relay.udp_port, datagrams, scenario.rate, scenario.chunks)
-            result["files_seen"], result["quiet"] = wait_quiet(relay, args.quiet, deadline)
-            relay.final_sample()
+            try:
+                system.start()
+                deadline = time.monotonic() + args.timeout
+                udp_errors_before = udp_rcvbuf_errors()
+                sent = send(context, scenario, system)
+                result.update(system.wait_delivered(checker, deadline))
+                system.final_sample()
+                udp_errors = udp_rcvbuf_errors() - udp_errors_before
+            finally:
+                result["exit_code"] = system.stop()
+            result.update(
+                sender=sent.sender, sent=sent.sent, send_errors=sent.errors,
+                send_seconds=round(sent.seconds, 3),
+                send_rate=round(sent.sent / sent.seconds) if sent.seconds else None,
+                udp_rcvbuf_errors=udp_errors,
+            )
+            result.update(system.results())
+            tally = system.check(checker)  # moto must still run: it is stopped after this
         finally:
-            result["exit_code"] = relay.stop()
-    except (RelayError, OSError, threading.BrokenBarrierError) as error:
-        result["error"] = f"{type(error).__name__}: {error} (relay log: {relay.log_path})"
+            system.cleanup()
+    except (StartError, OSError, threading.BrokenBarrierError) as error:
+        result["error"] = f"{type(error).__name__}: {error} (log: {system.log_path})"
         return result
-    except KeyboardInterrupt:  # the relay is stopped; what it left is of no use
+    except KeyboardInterrupt:  # everything is stopped; what it left is of no use
         if not args.keep:
-            remove_tree(workdir)
+            shutil.rmtree(workdir, ignore_errors=True)
         raise
-    result.update(
-        sent=sent.sent, send_errors=sent.errors, send_seconds=round(sent.seconds, 3),
-        send_rate=round(sent.sent / sent.seconds) if sent.seconds else None,
-        udp_rcvbuf_errors=udp_rcvbuf_errors() - udp_errors_before,
-    )
-    if relay.sampler:
-        add_process_stats(result, relay.sampler)
-    tally = decode(relay, scenario, messages, base_second)
     result.update(records_summary(tally, count, args.size, sent.started))
     if not args.keep and not problems(result):
-        remove_tree(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
     return result
-
-
-def add_process_stats(result: dict[str, Any], sampler: Sampler) -> None:
-    procs = list(sampler.procs.values())
-    cpu_by_role: dict[str, float] = {}
-    for proc in procs:
-        cpu_by_role[proc.role] = round(cpu_by_role.get(proc.role, 0.0) + proc.cpu_seconds, 2)
-    result.update(
-        cpu_seconds=round(sum(p.cpu_seconds for p in procs), 2),
-        cpu_by_role=cpu_by_role,
-        peak_rss_mb=round(sampler.peak_rss_kb * KIB / MB, 1),
-        peak_pss_mb=round(sampler.peak_pss_kb * KIB / MB, 1),
-        hwm_mb=round(sum(p.hwm_kb for p in procs) * KIB / MB, 1),
-        samples=sampler.samples,
-        processes=[asdict(p) for p in procs],
-    )
 
 
 def records_summary(tally: Tally, count: int, size: int, started: float) -> dict[str, Any]:
@@ -826,15 +342,6 @@ def records_summary(tally: Tally, count: int, size: int, started: float) -> dict
     }
 
 
-def remove_tree(path: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
-        for name in filenames:
-            os.unlink(os.path.join(dirpath, name))
-        for name in dirnames:
-            os.rmdir(os.path.join(dirpath, name))
-    os.rmdir(path)
-
-
 # --- output -------------------------------------------------------------------------------------
 
 def _fmt(value: Any, digits: int = 0) -> str:
@@ -845,35 +352,60 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
-COLUMNS: list[tuple[str, int, Callable[[dict[str, Any]], str]]] = [
-    ("scenario", 15, lambda r: r["scenario"]),
-    ("sent", 9, lambda r: _fmt(r.get("sent"))),
-    ("lost", 7, lambda r: _fmt(r.get("lost"))),
-    ("dup", 5, lambda r: _fmt(r.get("duplicates"))),
-    ("elapsed_s", 9, lambda r: _fmt(r.get("elapsed_seconds"), 2)),
-    ("t95_s", 7, lambda r: _fmt(r.get("t95_seconds"), 2)),
-    ("msgs/s", 9, lambda r: _fmt(r.get("msgs_per_sec"))),
-    ("MB/s", 7, lambda r: _fmt(r.get("mb_per_sec"), 1)),
-    ("send/s", 9, lambda r: _fmt(r.get("send_rate"))),
-    ("cpu_s", 6, lambda r: _fmt(r.get("cpu_seconds"), 1)),
-    ("cpu L/W/U", 14, lambda r: cpu_split(r.get("cpu_by_role", {}))),
-    ("rss_MB", 7, lambda r: _fmt(r.get("peak_rss_mb"), 0)),
-    ("pss_MB", 7, lambda r: _fmt(r.get("peak_pss_mb"), 0)),
-    ("hwm_MB", 7, lambda r: _fmt(r.get("hwm_mb"), 0)),
-    ("records", 7, lambda r: _fmt(r.get("records"))),
-    ("exit", 4, lambda r: _fmt(r.get("exit_code"))),
+ROLE_LETTERS = {"listener": "L", "worker": "W", "uploader": "U", "rsyslogd": "R", "child": "+"}
+
+
+def per_process(result: dict[str, Any]) -> str:
+    """CPU seconds / peak RSS MB / peak PSS MB of each role: L(istener) W(orker) U(ploader),
+    R(syslogd), + other children (kinesyslog 2.x's)."""
+    cpu = result.get("cpu_by_role", {})
+    rss, pss = result.get("rss_mb_by_role", {}), result.get("pss_mb_by_role", {})
+    return " ".join(f"{ROLE_LETTERS.get(role, role)}{cpu[role]:.1f}/{rss.get(role, 0):.0f}/"
+                    f"{pss.get(role, 0):.0f}"
+                    for role in sorted(cpu, key=lambda r: list(ROLE_LETTERS).index(r)
+                                       if r in ROLE_LETTERS else 99)) or "-"
+
+
+Column = tuple[str, int, Callable[[dict[str, Any]], str]]
+SYSTEM_COLUMN: Column = ("system", 10, lambda r: r.get("system", "-"))
+UDP_COLUMNS: list[Column] = [
+    ("kdrop", 7, lambda r: _fmt(r.get("udp_socket_drops"))),
+    ("rcvbuf", 7, lambda r: _fmt(r.get("udp_rcvbuf_errors"))),
 ]
+MOTO_COLUMN: Column = ("moto_cpu", 8, lambda r: _fmt(r.get("moto_cpu_seconds"), 1))
 
 
-def cpu_split(by_role: dict[str, float]) -> str:
-    """listener/worker/uploader CPU seconds, then +other children (kinesyslog 2.x's)."""
-    text = "/".join(_fmt(by_role.get(role), 1) for role in ("listener", "worker", "uploader"))
-    return text + (f"+{by_role['child']:.1f}" if "child" in by_role else "")
+def columns(show_system: bool, show_udp: bool, show_moto: bool) -> list[Column]:
+    return [
+        ("scenario", 15, lambda r: r["scenario"]),
+        *([SYSTEM_COLUMN] if show_system else []),
+        ("sent", 9, lambda r: _fmt(r.get("sent"))),
+        ("lost", 7, lambda r: _fmt(r.get("lost"))),
+        ("dup", 5, lambda r: _fmt(r.get("duplicates"))),
+        *(UDP_COLUMNS if show_udp else []),
+        ("elapsed_s", 9, lambda r: _fmt(r.get("elapsed_seconds"), 2)),
+        ("t95_s", 7, lambda r: _fmt(r.get("t95_seconds"), 2)),
+        ("msgs/s", 9, lambda r: _fmt(r.get("msgs_per_sec"))),
+        ("MB/s", 7, lambda r: _fmt(r.get("mb_per_sec"), 1)),
+        ("send/s", 9, lambda r: _fmt(r.get("send_rate"))),
+        ("cpu_s", 6, lambda r: _fmt(r.get("cpu_seconds"), 1)),
+        ("rss_MB", 7, lambda r: _fmt(r.get("peak_rss_mb"), 0)),
+        ("pss_MB", 7, lambda r: _fmt(r.get("peak_pss_mb"), 0)),
+        ("hwm_MB", 7, lambda r: _fmt(r.get("hwm_mb"), 0)),
+        *([MOTO_COLUMN] if show_moto else []),
+        ("records", 7, lambda r: _fmt(r.get("records"))),
+        ("exit", 4, lambda r: _fmt(r.get("exit_code"))),
+        ("cpu_s/rss/pss per process", 32, per_process),
+    ]
 
 
-def table_row(cells: list[str]) -> str:
-    return "  ".join(cell.rjust(width) if i else cell.ljust(width)
-                     for i, (cell, (_, width, _)) in enumerate(zip(cells, COLUMNS)))
+TEXT_COLUMNS = ("scenario", "system", "cpu_s/rss/pss per process")
+
+
+def table_row(cells: list[str], headers: list[str], widths: list[int]) -> str:
+    """Text columns left-aligned, numbers right-aligned."""
+    return "  ".join(cell.ljust(width) if header in TEXT_COLUMNS else cell.rjust(width)
+                     for cell, header, width in zip(cells, headers, widths)).rstrip()
 
 
 def problems(result: dict[str, Any]) -> list[str]:
@@ -883,32 +415,104 @@ def problems(result: dict[str, Any]) -> list[str]:
              if result.get(key)]
     notes += result.get("bad_files", []) + result.get("send_errors", [])
     if result.get("quiet") is False:
-        notes.append("records were still arriving at --timeout (or the relay died)")
+        notes.append("messages were still arriving at --timeout (or the system died)")
     if result.get("error"):
         notes.append(result["error"])
     return notes
 
 
-def main(argv: list[str] | None = None) -> int:
+SUMMARY_METRICS = [  # (header, result key, digits)
+    ("msgs/s", "msgs_per_sec", 0),
+    ("MB/s", "mb_per_sec", 1),
+    ("t95_s", "t95_seconds", 2),
+    ("cpu_s", "cpu_seconds", 2),
+    ("cpu_us/msg", "cpu_us_per_msg", 2),
+    ("rss_MB", "peak_rss_mb", 0),
+    ("pss_MB", "peak_pss_mb", 0),
+    ("lost", "lost", 0),
+    ("kdrop", "udp_socket_drops", 0),
+]
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Medians per scenario and system over the repetitions, and ours/rsyslog ratios."""
+    rows: list[dict[str, Any]] = []
+    for scenario in dict.fromkeys(r["scenario"] for r in results):
+        medians: dict[str, dict[str, Any]] = {}
+        for system in SYSTEMS:
+            runs = [r for r in results if r["scenario"] == scenario and r.get("system") == system
+                    and not r.get("skipped") and not r.get("error")]
+            if not runs:
+                continue
+            for run in runs:
+                if run.get("cpu_seconds") is not None and run.get("delivered"):
+                    run["cpu_us_per_msg"] = round(run["cpu_seconds"] * 1e6 / run["delivered"], 2)
+            row: dict[str, Any] = {"scenario": scenario, "system": system, "runs": len(runs)}
+            for _, key, _ in SUMMARY_METRICS:
+                values = [r[key] for r in runs if r.get(key) is not None]
+                row[key] = statistics.median(values) if values else None
+            medians[system] = row
+            rows.append(row)
+        if len(medians) == 2:
+            ours, theirs = medians["kinesyslog"], medians["rsyslog"]
+            ratio: dict[str, Any] = {"scenario": scenario, "system": "ours/rsyslog", "runs": None}
+            for _, key, _ in SUMMARY_METRICS:
+                a, b = ours.get(key), theirs.get(key)
+                ratio[key] = round(a / b, 2) if a is not None and b else None
+            rows.append(ratio)
+    return rows
+
+
+def print_summary(rows: list[dict[str, Any]]) -> None:
+    headers = ["scenario", "system", "runs", *(name for name, _, _ in SUMMARY_METRICS)]
+    widths = [15, 12, 4, *(max(9, len(name)) for name, _, _ in SUMMARY_METRICS)]
+    print("\nmedians per scenario and system (ours/rsyslog: ratio of the medians)")
+    print(table_row(headers, headers, widths))
+    for row in rows:
+        ratio = row["system"] == "ours/rsyslog"
+        cells = [row["scenario"], row["system"], _fmt(row["runs"])]
+        cells += [_fmt(None if row[key] is None else float(row[key]), 2 if ratio else digits)
+                  for _, key, digits in SUMMARY_METRICS]
+        print(table_row(cells, headers, widths))
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", action="append", type=parse_scenario,
                         help=f"tcp<N>-lf, tcp<N>-octet, udp-<rate>, gelf-udp-<rate> or "
                              f"gelf<K>-udp-<rate> (K chunks per message); repeatable "
                              f"(default: {' '.join(DEFAULT_SCENARIOS)})")
+    parser.add_argument("--system", action="append", choices=SYSTEMS,
+                        help="what to measure, repeatable (default: kinesyslog); with both, "
+                             "their runs alternate")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per scenario and system; the summary shows medians")
     parser.add_argument("--messages", type=int, default=1_000_000, help="messages per scenario")
     parser.add_argument("--size", type=int, default=200,
                         help="bytes per message (about 100 at least, 150 for GELF)")
     parser.add_argument("--flush-interval", type=float, default=1.0,
-                        help="passed to the relay; the default quiet period is twice this")
-    parser.add_argument("--flush-size", type=int, help="passed to the relay")
+                        help="passed to the relay (rsyslog: omfile flushInterval, whole "
+                             "seconds); the default quiet period is twice this")
+    parser.add_argument("--flush-size", type=int,
+                        help="passed to the relay (rsyslog: omfile ioBufferSize; default 4 MiB)")
     parser.add_argument("--quiet", type=float,
-                        help="seconds without a new record that end a run "
+                        help="seconds without new deliveries that end a run "
                              "(default: 2 x --flush-interval; 5 with --legacy)")
     parser.add_argument("--timeout", type=float, default=600.0,
-                        help="bound on sending plus waiting for records, per scenario")
+                        help="bound on sending plus waiting for deliveries, per run")
     parser.add_argument("--ready-timeout", type=float, default=60.0)
     parser.add_argument("--stop-timeout", type=float, default=120.0,
-                        help="how long SIGTERM may take before the relay is killed")
+                        help="how long SIGTERM may take before the system is killed")
+    parser.add_argument("--firehose", choices=("output-dir", "moto"), default="output-dir",
+                        help="where our relay delivers: --output-dir, or a private moto_server "
+                             "Firehose into S3 (the uploader then works too)")
+    parser.add_argument("--udp-sender", choices=("c", "python"), default="c",
+                        help="UDP sender: bench/udp_blast.c (sendmmsg, built with gcc) or one "
+                             "Python thread")
+    parser.add_argument("--udp-batch", type=int, default=64,
+                        help="datagrams per sendmmsg() call of the C sender (1..1024)")
     parser.add_argument("--relay-cmd",
                         help="command that runs the relay, split like a shell does (default: "
                              "this checkout, run by this Python)")
@@ -917,63 +521,118 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--legacy", action="store_true",
                         help="the relay is kinesyslog 2.x: no --output-dir, a local Firehose "
                              "stand-in keeps records in the spool, where they are counted")
-    parser.add_argument("--tmp-dir", help="where the spool and output directories go")
-    parser.add_argument("--keep", action="store_true", help="keep spool, records and relay log")
+    parser.add_argument("--rsyslogd", default="/usr/sbin/rsyslogd", help="rsyslogd to run")
+    parser.add_argument("--rsyslog-template", choices=("raw", "json"), default="raw",
+                        help="rsyslog writes each message as received (raw) or as JSON with "
+                             "its parsed timestamp (json)")
+    parser.add_argument("--tmp-dir", help="where the work directories go")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep work directories (spool, records, output, logs)")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
-    scenarios = args.scenario or [parse_scenario(name) for name in DEFAULT_SCENARIOS]
+    args.scenario = args.scenario or [parse_scenario(name) for name in DEFAULT_SCENARIOS]
+    args.system = list(dict.fromkeys(args.system or ["kinesyslog"]))
     if args.quiet is None:
         args.quiet = 5.0 if args.legacy else 2 * args.flush_interval
     if args.messages < 1:
         parser.error("--messages must be at least 1")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if not 1 <= args.udp_batch <= 1024:
+        parser.error("--udp-batch must be 1..1024")
+    if args.legacy and args.firehose == "moto":
+        parser.error("--legacy runs against its own stand-in, not --firehose moto")
+    return args
 
+
+def schedule(args: argparse.Namespace) -> list[tuple[Scenario, int, str]]:
+    """Every scenario's repetitions in turn; with two systems, each repetition runs both,
+    the first one alternating (A B, B A, A B, ...) so that drift affects both alike."""
+    runs = []
+    for scenario in args.scenario:
+        for repetition in range(args.repeat):
+            order = args.system if repetition % 2 == 0 else args.system[::-1]
+            runs += [(scenario, repetition, system) for system in order]
+    return runs
+
+
+def interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the harness like Ctrl-C: everything it started too
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scenarios: list[Scenario] = args.scenario
     base_second = int(time.time()) - args.messages // 1000 - 3600
     makers = {"syslog": make_messages, "gelf": make_gelf_messages}
     try:
         messages = {protocol: makers[protocol](args.messages, args.size, base_second)
                     for protocol in sorted({scenario.protocol for scenario in scenarios})}
     except ValueError as error:
-        parser.error(str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
-    stub = None
-    if args.legacy:
-        stub = ThreadingHTTPServer(("127.0.0.1", 0), StubFirehose)
-        threading.Thread(target=stub.serve_forever, name="stub-firehose", daemon=True).start()
-    stub_url = f"http://127.0.0.1:{stub.server_address[1]}" if stub else None
+    blaster = None
+    if args.udp_sender == "c" and any(s.transport == "udp" for s in scenarios):
+        blaster = build_blaster()
+    # Ctrl-C (even where a shell started the harness with SIGINT ignored) and SIGTERM stop
+    # the harness, and with it everything it started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+    stub = Stub() if args.legacy else None
+    data_dir = Path(tempfile.mkdtemp(prefix="kinesyslog-bench-data-", dir=args.tmp_dir))
+    context = Context(args, Payloads(messages, data_dir), base_second,
+                      stub.url if stub else None, blaster)
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results_path = args.results_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                 "python": platform.python_version(), "machine": platform.machine()},
+                 "python": platform.python_version(), "machine": platform.machine(),
+                 "loadavg_at_start": os.getloadavg()},
         "git_commit": git_commit(),
+        "rsyslogd_version": rsyslogd_version(args.rsyslogd) if "rsyslog" in args.system
+        else None,
         "options": {key: value for key, value in vars(args).items()
                     if key not in ("scenario", "results_dir")},
+        "scenarios": [scenario.name for scenario in scenarios],
+        "udp_sender": "c" if blaster else "python",
         "results": [],
     }
-    print(table_row([name for name, _, _ in COLUMNS]), flush=True)
+    table = columns(args.system != ["kinesyslog"], any(s.transport == "udp" for s in scenarios),
+                    args.firehose == "moto")
+    headers, widths = [name for name, _, _ in table], [width for _, width, _ in table]
+    print(table_row(headers, headers, widths), flush=True)
     try:
-        for scenario in scenarios:
+        for scenario, repetition, system_name in schedule(args):
             try:
-                result = run_scenario(args, scenario, messages[scenario.protocol],
-                                      base_second, stub_url)
-            except (RelayError, OSError, ValueError) as error:  # before the relay started
-                result = {"scenario": scenario.name, "transport": scenario.transport,
-                          "error": str(error)}
+                result = run_scenario(context, scenario, system_name, repetition)
+            except (StartError, OSError, ValueError) as error:  # before the system started
+                result = {"scenario": scenario.name, "system": system_name,
+                          "transport": scenario.transport, "error": str(error)}
             report["results"].append(result)
             results_path.write_text(json.dumps(report, indent=2) + "\n")
-            print(table_row([column(result) for _, _, column in COLUMNS]), flush=True)
+            if result.get("skipped"):
+                print(f"{scenario.name:15}  {system_name:10}  skipped: {result['skipped']}")
+                continue
+            print(table_row([column(result) for _, _, column in table], headers, widths),
+                  flush=True)
             for note in problems(result):
                 print(f"  ! {note}", flush=True)
             if Path(result.get("workdir", "/nonexistent")).exists():
                 print(f"  kept: {result['workdir']}", flush=True)
     except KeyboardInterrupt:
-        print("interrupted; the relay was stopped", file=sys.stderr)
+        print("interrupted; everything the harness started was stopped", file=sys.stderr)
         return 130
     finally:
         if stub:
             stub.shutdown()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if args.repeat > 1 or len(args.system) > 1:
+        report["summary"] = summarize(report["results"])
+        results_path.write_text(json.dumps(report, indent=2) + "\n")
+        print_summary(report["summary"])
     print(f"results: {results_path}")
     failed = any(r.get("error") or r.get("lost") or r.get("bad_files") for r in report["results"]
                  if r["transport"] == "tcp")
@@ -987,6 +646,15 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() or None
+
+
+def rsyslogd_version(binary: str) -> str | None:
+    try:
+        done = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout.splitlines() or [""])[0].strip() or None
 
 
 if __name__ == "__main__":
