@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from bisect import bisect_left
+from collections.abc import Sequence
 from itertools import accumulate
 
 from isal import isal_zlib
@@ -41,51 +42,80 @@ def encode_record_header(owner: str, log_group: str, log_stream: str) -> bytes:
     ).encode()
 
 
-def build_records(owner: str, log_group: str, log_stream: str, events: list[bytes]) -> list[bytes]:
-    """Gzip records holding ``events`` in order, none over FIREHOSE_MAX_RECORD_BYTES.
+def build_records(owner: str, log_group: str, log_stream: str, body: bytes,
+                  ends: Sequence[int]) -> list[bytes]:
+    """Gzip records holding the events in order, none over FIREHOSE_MAX_RECORD_BYTES.
 
-    Shortened events are counted in the module attribute ``truncated_events``.
+    ``body`` is the events' JSON joined by ", " and ``ends[i]`` where event i ends in it
+    (EventBuffers.take() gives both). Shortened events are counted in the module attribute
+    ``truncated_events``.
     """
-    if not events:
+    if not ends:
         return []
     header = encode_record_header(owner, log_group, log_stream)
     records: list[bytes] = []
-    _build(header, events, records)
+    _build(header, memoryview(body), ends, 0, len(ends), records)
     return records
 
 
-def _compress(header: bytes, events: list[bytes]) -> bytes:
-    document = b"".join((header, _SEPARATOR.join(events), _TRAILER))
+def joined(events: list[bytes]) -> tuple[bytes, list[int]]:
+    """(body, ends) of a list of encoded events, as build_records() takes them."""
+    body = _SEPARATOR.join(events)
+    ends = [end - len(_SEPARATOR)
+            for end in accumulate(len(event) + len(_SEPARATOR) for event in events)]
+    return body, ends
+
+
+def events_of(body: bytes, ends: Sequence[int]) -> list[bytes]:
+    """The encoded events in (body, ends): the inverse of joined()."""
+    starts = [0, *(end + len(_SEPARATOR) for end in ends[:-1])]
+    return [bytes(body[start:end]) for start, end in zip(starts, ends)]
+
+
+def _start(ends: Sequence[int], first: int) -> int:
+    """Where event ``first`` begins in the body."""
+    return ends[first - 1] + len(_SEPARATOR) if first else 0
+
+
+def _compress(header: bytes, events: memoryview | bytes) -> bytes:
+    document = b"".join((header, events, _TRAILER))
     return isal_zlib.compress(document, GZIP_LEVEL, _GZIP_WBITS)
 
 
-def _build(header: bytes, events: list[bytes], out: list[bytes]) -> None:
-    record = _compress(header, events)
+def _build(header: bytes, body: memoryview, ends: Sequence[int], first: int, stop: int,
+           out: list[bytes]) -> None:
+    """Records of events first..stop-1."""
+    record = _compress(header, body[_start(ends, first):ends[stop - 1]])
     if len(record) <= FIREHOSE_MAX_RECORD_BYTES:
         out.append(record)
-    elif len(events) == 1:
-        out.append(_truncate(header, events[0], len(record)))
+    elif stop - first == 1:
+        out.append(_truncate(header, bytes(body[_start(ends, first):ends[first]]), len(record)))
     else:
         parts = -(-len(record) // FIREHOSE_MAX_RECORD_BYTES)  # ceil
-        for part in _balanced_split(events, max(2, min(parts, len(events)))):
-            _build(header, part, out)
+        cuts = _balanced_split(ends, first, stop, max(2, min(parts, stop - first)))
+        for start, end in zip(cuts, cuts[1:]):
+            _build(header, body, ends, start, end, out)
 
 
-def _balanced_split(events: list[bytes], parts: int) -> list[list[bytes]]:
-    """Cuts ``events`` into ``parts`` non-empty runs of about equal uncompressed size."""
-    ends = list(accumulate(len(event) + len(_SEPARATOR) for event in events))
-    total = ends[-1]
+def _balanced_split(ends: Sequence[int], first: int, stop: int, parts: int) -> list[int]:
+    """Cuts events first..stop-1 into ``parts`` non-empty runs of about equal size: the
+    indexes where the runs start, then ``stop``. Sizes count each event with a separator."""
+    base = _start(ends, first)
+    # Bytes up to and including event first+i, each event with its separator.
+    size = [ends[i] + len(_SEPARATOR) - base for i in range(first, stop)]
+    total = size[-1]
+    count = stop - first
     cuts = [0]
     for k in range(1, parts):
         target = total * k / parts
-        i = bisect_left(ends, target)  # the event during which the target size is reached
+        i = bisect_left(size, target)  # the event during which the target size is reached
         # Cut before or after that event, whichever is closer to the target.
-        cut = i + 1 if ends[i] - target <= target - (ends[i - 1] if i else 0) else i
+        cut = i + 1 if size[i] - target <= target - (size[i - 1] if i else 0) else i
         # Leave at least one event for this run and for each run still to come.
-        cut = max(cuts[-1] + 1, min(cut, len(events) - (parts - k)))
+        cut = max(cuts[-1] + 1, min(cut, count - (parts - k)))
         cuts.append(cut)
-    cuts.append(len(events))
-    return [events[start:end] for start, end in zip(cuts, cuts[1:])]
+    cuts.append(count)
+    return [first + cut for cut in cuts]
 
 
 def _truncate(header: bytes, event: bytes, size: int) -> bytes:
@@ -101,7 +131,7 @@ def _truncate(header: bytes, event: bytes, size: int) -> bytes:
         # The size is roughly proportional to the message length; always shorten.
         message = message[: min(len(message) - 1, len(message) * FIREHOSE_MAX_RECORD_BYTES // size)]
         fields["message"] = message
-        record = _compress(header, [json.dumps(fields).encode()])
+        record = _compress(header, json.dumps(fields).encode())
         size = len(record)
     truncated_events += 1
     log.warning(

@@ -76,16 +76,14 @@ class Worker:
                 if time.monotonic() >= self.retry_at:
                     self.flush()
                 continue
+            read = 0
             if self._spool_has_room():
-                entries = self.ring.read_batch(READ_BATCH)
-                if entries:
-                    self.buffers.add_batch(entries)
+                read = self.buffers.add_from_ring(self.ring, READ_BATCH)
+                if read:
                     self._count_invalid_gelf()
-            else:
-                entries = []
             if self.buffers.event_count and self._flush_due():
                 self.flush()
-            if entries:
+            if read:
                 continue
             listener_gone = os.getppid() != parent_pid
             if (self.ring.producer_closed or listener_gone) and self.ring.pending_bytes == 0:
@@ -129,10 +127,12 @@ class Worker:
         if not self.unwritten:
             groups = self.buffers.take()
             prefix = self.config.group_prefix
-            for (kind, port, source), events in groups:
+            for (kind, port, source), body, ends in groups:
                 group = f"{prefix}/{FORMAT_NAMES[kind]}/{port}"
-                self.unwritten.extend(build_records(self.owner, group, source.decode(), events))
-                self.unwritten_events += len(events)
+                event_ends = memoryview(ends).cast("q")
+                self.unwritten.extend(
+                    build_records(self.owner, group, source.decode(), body, event_ends))
+                self.unwritten_events += len(event_ends)
         records = self.unwritten
         if records:
             try:

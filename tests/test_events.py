@@ -10,9 +10,16 @@ from typing import Any
 import pytest
 
 from kinesyslog.constants import KIND_GELF, KIND_SYSLOG
+from kinesyslog.records import events_of
 from tests.backends import Backend
 
 PREFIX = b"123456789012345678901234567890123456"
+
+
+def taken(buffers: Any) -> list[tuple[tuple[int, int, bytes], list[bytes]]]:
+    """buffers.take() with each group's events as a list."""
+    return [(key, events_of(body, memoryview(ends).cast("q")))
+            for key, body, ends in buffers.take()]
 
 
 def reference(message: bytes) -> bytes:
@@ -133,7 +140,7 @@ def test_encoded_events_exact_bytes(backend: Backend) -> None:
             (0, 514, b"192.0.2.7", -5, b"negative receive time"),
         ]
     )
-    assert buffers.take() == [
+    assert taken(buffers) == [
         (
             (0, 514, b"192.0.2.7"),
             [
@@ -152,7 +159,7 @@ def test_events_are_json_dumps_of_the_event(backend: Backend) -> None:
     buffers = make_buffers(backend)
     message = "<13>Feb 29 10:11:12 host: é \x01".encode() + b"\xc3"
     buffers.add_batch([(KIND_SYSLOG, 12201, b"2001:db8::1", 1709294400000, message)])
-    [(_, [event])] = buffers.take()
+    [(_, [event])] = taken(buffers)
     expected = {
         "id": event_id(0).decode(),
         "timestamp": 1709201472000,
@@ -174,8 +181,8 @@ def test_gelf_entries_take_the_gelf_timestamp(backend: Backend) -> None:
             (KIND_SYSLOG, 514, b"a", 1709294400000, gelf),  # syslog without a header
         ]
     )
-    taken = buffers.take()
-    timestamps = {key: [json.loads(e)["timestamp"] for e in events] for key, events in taken}
+    groups = taken(buffers)
+    timestamps = {key: [json.loads(e)["timestamp"] for e in events] for key, events in groups}
     assert timestamps == {
         (KIND_GELF, 12201, b"a"): [1500, 1709294400000, 1709294400000],
         (KIND_SYSLOG, 514, b"a"): [1709201472000, 1709294400000],
@@ -200,23 +207,23 @@ def test_grouping_order_and_totals(backend: Backend) -> None:
     buffers.add_batch(entries[:3])
     buffers.add_batch([])
     buffers.add_batch(entries[3:])
-    taken = buffers.take()
-    assert [key for key, _ in taken] == [
+    groups = taken(buffers)
+    assert [key for key, _ in groups] == [
         (0, 514, b"a"),
         (0, 514, b"b"),
         (0, 515, b"a"),
         (1, 514, b"a"),
     ]
-    messages = {key: [json.loads(e)["message"] for e in events] for key, events in taken}
+    messages = {key: [json.loads(e)["message"] for e in events] for key, events in groups}
     assert messages == {
         (0, 514, b"a"): ["m0", "m1", "m5"],
         (0, 514, b"b"): ["m2", "m6"],
         (0, 515, b"a"): ["m3"],
         (1, 514, b"a"): ["m4"],
     }
-    ids = [json.loads(e)["id"] for _, events in taken for e in events]
+    ids = [json.loads(e)["id"] for _, events in groups for e in events]
     assert sorted(ids) == [event_id(n).decode() for n in range(7)]
-    assert [json.loads(e)["timestamp"] for e in taken[0][1]] == [300, 100, 600]
+    assert [json.loads(e)["timestamp"] for e in groups[0][1]] == [300, 100, 600]
 
 
 def test_totals_and_take_resets(backend: Backend) -> None:
@@ -227,12 +234,12 @@ def test_totals_and_take_resets(backend: Backend) -> None:
     assert buffers.total_bytes == len(first) + len(second) == 201
     assert buffers.event_count == 2
     assert buffers.oldest_receive_ms == 100
-    assert buffers.take() == [((0, 514, b"a"), [first]), ((0, 514, b"b"), [second])]
+    assert taken(buffers) == [((0, 514, b"a"), [first]), ((0, 514, b"b"), [second])]
     assert (buffers.total_bytes, buffers.event_count, buffers.oldest_receive_ms) == (0, 0, 0)
-    assert buffers.take() == []
+    assert taken(buffers) == []
     buffers.add_batch([(0, 514, b"a", 900, b"z")])
     assert buffers.oldest_receive_ms == 900
-    assert buffers.take() == [
+    assert taken(buffers) == [
         ((0, 514, b"a"), [b'{"id": "' + event_id(2) + b'", "timestamp": 900, "message": "z"}'])
     ]
 
@@ -248,7 +255,7 @@ def test_equal_sources_share_a_group_whatever_the_object(backend: Backend) -> No
             (0, 514, b"198.51.100." + b"1", 4, b"d"),
         ]
     )
-    assert [(key, len(events)) for key, events in buffers.take()] == [
+    assert [(key, len(events)) for key, events in taken(buffers)] == [
         ((0, 514, source), 3),
         ((0, 514, b"198.51.100.2"), 1),
     ]
@@ -258,7 +265,7 @@ def test_large_message_grows_the_scratch_buffer(backend: Backend) -> None:
     buffers = make_buffers(backend)
     message = b"\x01\xff" * 300_000
     buffers.add_batch([(0, 514, b"a", 1, message)])
-    [(_, [event])] = buffers.take()
+    [(_, [event])] = taken(buffers)
     assert event.endswith(b'"message": ' + reference(message) + b"}")
     assert len(event) == 80 + 1 + 13 + 2 + 300_000 * 11 + 1
 
@@ -266,7 +273,7 @@ def test_large_message_grows_the_scratch_buffer(backend: Backend) -> None:
 def test_messages_may_be_any_buffer(backend: Backend) -> None:
     buffers = make_buffers(backend)
     buffers.add_batch([(0, 514, b"a", 1, bytearray(b"x")), (0, 514, b"a", 2, memoryview(b"y"))])
-    [(_, events)] = buffers.take()
+    [(_, events)] = taken(buffers)
     assert [json.loads(e)["message"] for e in events] == ["x", "y"]
 
 

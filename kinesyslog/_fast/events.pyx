@@ -17,17 +17,18 @@ import time
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
-    PyBytes_CheckExact,
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
-from libc.stdint cimport uint64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from kinesyslog._fast.json_scan cimport c_gelf_timestamp
+from kinesyslog._fast.ring cimport Ring, RingEntry
 from kinesyslog._fast.syslog cimport TimestampExtractor
 
+from kinesyslog._fast.ring import RingError
 from kinesyslog.constants import EVENT_ID_DIGITS, KIND_GELF
 
 cdef enum:
@@ -36,7 +37,8 @@ cdef enum:
     PREFIX_LENGTH = ID_LENGTH - COUNTER_DIGITS
     # {"id": "<id>", "timestamp": <ts>, "message": <json string>}
     EVENT_OVERHEAD = 8 + ID_LENGTH + 16 + 20 + 13 + 1
-    MIN_SCRATCH = 64 * 1024
+    MIN_GROUP_BYTES = 64 * 1024
+    MIN_GROUP_EVENTS = 256
 
 assert EVENT_ID_DIGITS == ID_LENGTH
 cdef long GELF = KIND_GELF
@@ -236,33 +238,64 @@ cdef inline Py_ssize_t write_int(long long value, unsigned char* out) noexcept:
     return o
 
 
+cdef class _Group:
+    """The events of one stream: their JSON joined by ", " in one growing buffer, and where
+    each ends."""
+
+    cdef unsigned char* data
+    cdef Py_ssize_t length
+    cdef Py_ssize_t capacity
+    cdef int64_t* ends
+    cdef Py_ssize_t count
+    cdef Py_ssize_t ends_capacity
+    cdef long kind
+    cdef long port
+    cdef bytes source
+
+    def __dealloc__(self):
+        free(self.data)
+        free(self.ends)
+
+    cdef unsigned char* reserve(self, Py_ssize_t size) except NULL:
+        """Room for ``size`` more bytes and one more end; where they go."""
+        cdef Py_ssize_t wanted = self.length + size
+        cdef void* bigger
+        if wanted > self.capacity:
+            wanted = max(wanted, self.capacity * 2, MIN_GROUP_BYTES)
+            bigger = realloc(self.data, wanted)
+            if bigger == NULL:
+                raise MemoryError()
+            self.data = <unsigned char*>bigger
+            self.capacity = wanted
+        if self.count == self.ends_capacity:
+            wanted = max(self.ends_capacity * 2, MIN_GROUP_EVENTS)
+            bigger = realloc(self.ends, wanted * sizeof(int64_t))
+            if bigger == NULL:
+                raise MemoryError()
+            self.ends = <int64_t*>bigger
+            self.ends_capacity = wanted
+        return self.data + self.length
+
+    cdef tuple taken(self):
+        """(body, ends): the joined events as bytes, and their end offsets as bytes of native
+        int64 (memoryview(ends).cast("q"))."""
+        return (PyBytes_FromStringAndSize(<char*>self.data, self.length),
+                PyBytes_FromStringAndSize(<char*>self.ends, self.count * sizeof(int64_t)))
+
+
 cdef class EventBuffers:
     """Encoded events per (kind, port, source), in arrival order."""
 
     cdef TimestampExtractor extractor
     cdef IdGenerator ids
     cdef dict groups
-    cdef list last_list
-    cdef long last_kind
-    cdef long last_port
-    cdef object last_source
+    cdef _Group last
     cdef readonly Py_ssize_t total_bytes
     cdef readonly Py_ssize_t event_count
     cdef readonly long long oldest_receive_ms
     # GELF messages that are not one JSON object (relayed all the same), decided here where
     # the message is parsed.
     cdef readonly long long gelf_invalid_json
-    cdef unsigned char* scratch
-    cdef Py_ssize_t capacity
-
-    def __cinit__(self):
-        self.scratch = <unsigned char*>malloc(MIN_SCRATCH)
-        if self.scratch == NULL:
-            raise MemoryError()
-        self.capacity = MIN_SCRATCH
-
-    def __dealloc__(self):
-        free(self.scratch)
 
     def __init__(self, TimestampExtractor extractor not None, IdGenerator ids not None):
         self.extractor = extractor
@@ -271,94 +304,112 @@ cdef class EventBuffers:
 
     cdef void _reset(self) noexcept:
         self.groups = {}
-        self.last_list = None
-        self.last_source = None
+        self.last = None
         self.total_bytes = 0
         self.event_count = 0
         self.oldest_receive_ms = 0
 
-    cdef int _reserve(self, Py_ssize_t size) except -1:
-        cdef unsigned char* bigger
-        if size <= self.capacity:
-            return 0
-        bigger = <unsigned char*>realloc(self.scratch, size)
-        if bigger == NULL:
-            raise MemoryError()
-        self.scratch = bigger
-        self.capacity = size
+    cdef _Group _group(self, long kind, long port, const char* source,
+                       Py_ssize_t source_length):
+        """The group of (kind, port, source); mostly the one of the previous event."""
+        cdef _Group group = self.last
+        if group is not None and group.kind == kind and group.port == port and (
+                PyBytes_GET_SIZE(group.source) == source_length
+                and memcmp(PyBytes_AS_STRING(group.source), source, source_length) == 0):
+            return group
+        source_obj = PyBytes_FromStringAndSize(source, source_length)
+        key = (kind, port, source_obj)
+        group = self.groups.get(key)
+        if group is None:
+            group = _Group()
+            group.kind = kind
+            group.port = port
+            group.source = source_obj
+            self.groups[key] = group
+        self.last = group
+        return group
+
+    cdef int _add(self, long kind, long port, const char* source, Py_ssize_t source_length,
+                  long long receive_ms, const unsigned char* data,
+                  Py_ssize_t length) except -1:
+        """Encodes one event at the end of its group."""
+        cdef _Group group = self._group(kind, port, source, source_length)
+        cdef long long timestamp
+        cdef bint is_object
+        cdef Py_ssize_t separator = 2 if group.count else 0
+        cdef Py_ssize_t o = separator
+        cdef unsigned char* out = group.reserve(separator + EVENT_OVERHEAD + 6 * length + 2)
+        if kind == GELF:
+            timestamp = c_gelf_timestamp(data, length, receive_ms, &is_object)
+            if not is_object:
+                self.gelf_invalid_json += 1
+        else:
+            timestamp = self.extractor.c_extract(data, length, receive_ms)
+        if separator:
+            memcpy(out, b", ", 2)
+        memcpy(out + o, b'{"id": "', 8)
+        self.ids.write_next(out + o + 8)
+        memcpy(out + o + 8 + ID_LENGTH, b'", "timestamp": ', 16)
+        o += 8 + ID_LENGTH + 16
+        o += write_int(timestamp, out + o)
+        memcpy(out + o, b', "message": ', 13)
+        o += 13
+        o += write_json_string(data, length, out + o)
+        out[o] = 0x7D
+        o += 1
+        group.length += o
+        group.ends[group.count] = group.length
+        group.count += 1
+        if self.event_count == 0 or receive_ms < self.oldest_receive_ms:
+            self.oldest_receive_ms = receive_ms
+        self.event_count += 1
+        self.total_bytes += o - separator
         return 0
 
-    cdef list _list_for(self, object kind_obj, long kind, object port_obj, long port,
-                        object source):
-        cdef object key = (kind_obj, port_obj, source)
-        cdef list events = self.groups.get(key)
-        if events is None:
-            events = []
-            self.groups[key] = events
-        self.last_list = events
-        self.last_kind = kind
-        self.last_port = port
-        self.last_source = source
-        return events
+    def add_from_ring(self, Ring ring not None, Py_ssize_t max_entries) -> int:
+        """Encodes up to ``max_entries`` entries read from ``ring`` (its private cursor
+        advances; nothing is committed); how many. A corrupt entry raises RingError when it
+        is the first one, else the read stops before it."""
+        cdef RingEntry entry
+        cdef uint64_t write_pos = ring.published()
+        cdef Py_ssize_t count = 0
+        cdef int found = 0
+        ring._check_open()
+        while count < max_entries:
+            found = ring.next_entry(write_pos, &entry)
+            if found != 1:
+                break
+            self._add(entry.kind, entry.port, entry.source, entry.source_length,
+                      entry.receive_ms, <const unsigned char*>entry.message,
+                      entry.message_length)
+            count += 1
+        if found == -1 and count == 0:
+            raise RingError(f"{ring.path}: corrupt entry at position {ring._read_pos}")
+        return count
 
     def add_batch(self, list entries not None) -> None:
-        """Add (kind, port, source, receive_ms, message) tuples. The timestamp of a GELF
-        entry (kind KIND_GELF) is its "timestamp" member, of any other its syslog header's."""
+        """Add (kind, port, source, receive_ms, message) tuples, as Ring.read_batch gives
+        them. The timestamp of a GELF entry (kind KIND_GELF) is its "timestamp" member, of
+        any other its syslog header's."""
         cdef Py_buffer view
-        cdef const unsigned char* data
-        cdef Py_ssize_t length, o
-        cdef long kind, port
-        cdef long long receive_ms, timestamp
-        cdef unsigned char* out
-        cdef list events
-        cdef bint is_bytes, is_object
+        cdef bytes source
         for entry in entries:
-            kind_obj, port_obj, source, receive_obj, message = <tuple?>entry
-            kind = kind_obj
-            port = port_obj
-            receive_ms = receive_obj
-            events = self.last_list
-            if events is None or kind != self.last_kind or port != self.last_port or (
-                    source is not self.last_source and source != self.last_source):
-                events = self._list_for(kind_obj, kind, port_obj, port, source)
-            is_bytes = PyBytes_CheckExact(message)
-            if is_bytes:
-                data = <const unsigned char*>PyBytes_AS_STRING(message)
-                length = PyBytes_GET_SIZE(message)
-            else:
-                PyObject_GetBuffer(message, &view, PyBUF_SIMPLE)
-                data = <const unsigned char*>view.buf
-                length = view.len
+            kind, port, source, receive_ms, message = <tuple?>entry
+            PyObject_GetBuffer(message, &view, PyBUF_SIMPLE)
             try:
-                self._reserve(EVENT_OVERHEAD + 6 * length + 2)
-                if kind == GELF:
-                    timestamp = c_gelf_timestamp(data, length, receive_ms, &is_object)
-                    if not is_object:
-                        self.gelf_invalid_json += 1
-                else:
-                    timestamp = self.extractor.c_extract(data, length, receive_ms)
-                out = self.scratch
-                memcpy(out, b'{"id": "', 8)
-                self.ids.write_next(out + 8)
-                memcpy(out + 8 + ID_LENGTH, b'", "timestamp": ', 16)
-                o = 8 + ID_LENGTH + 16
-                o += write_int(timestamp, out + o)
-                memcpy(out + o, b', "message": ', 13)
-                o += 13
-                o += write_json_string(data, length, out + o)
-                out[o] = 0x7D
-                o += 1
+                self._add(kind, port, PyBytes_AS_STRING(source), PyBytes_GET_SIZE(source),
+                          receive_ms, <const unsigned char*>view.buf, view.len)
             finally:
-                if not is_bytes:
-                    PyBuffer_Release(&view)
-            events.append(PyBytes_FromStringAndSize(<char*>out, o))
-            if self.event_count == 0 or receive_ms < self.oldest_receive_ms:
-                self.oldest_receive_ms = receive_ms
-            self.event_count += 1
-            self.total_bytes += o
+                PyBuffer_Release(&view)
 
     def take(self) -> list:
-        """[((kind, port, source), [event, ...]), ...] in first-seen key order; then empty."""
-        cdef list taken = list(self.groups.items())
+        """[((kind, port, source), body, ends), ...] in first-seen key order, body being the
+        events' JSON joined by ", " and ends where each event ends in it (bytes of native
+        int64); then empty."""
+        cdef list taken = []
+        cdef _Group group
+        for key, group in self.groups.items():
+            body, ends = group.taken()
+            taken.append((key, body, ends))
         self._reset()
         return taken

@@ -58,91 +58,6 @@ from posix.mman cimport MAP_FAILED, MAP_SHARED, MS_SYNC, PROT_READ, PROT_WRITE, 
 from posix.stat cimport fstat, struct_stat
 from posix.unistd cimport close as c_close
 
-cdef extern from *:
-    """
-    #include <stddef.h>
-    #include <stdint.h>
-    #include <string.h>
-
-    typedef struct {
-        char magic[8];
-        uint32_t version;
-        uint32_t header_size;
-        uint64_t capacity;
-        uint32_t producer_closed;
-        char pad0[64 - 28];
-        uint64_t write_pos;
-        char pad1[64 - 8];
-        uint64_t commit_pos;
-    } ksy_header;
-
-    _Static_assert(offsetof(ksy_header, capacity) == 16, "capacity offset");
-    _Static_assert(offsetof(ksy_header, producer_closed) == 24, "producer_closed offset");
-    _Static_assert(offsetof(ksy_header, write_pos) == 64, "write_pos offset");
-    _Static_assert(offsetof(ksy_header, commit_pos) == 128, "commit_pos offset");
-
-    static inline uint64_t ksy_load64(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-    static inline void ksy_store64(uint64_t *p, uint64_t v) {
-        __atomic_store_n(p, v, __ATOMIC_RELEASE);
-    }
-    static inline uint32_t ksy_load32(uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-    static inline void ksy_store32(uint32_t *p, uint32_t v) {
-        __atomic_store_n(p, v, __ATOMIC_RELEASE);
-    }
-
-    #define KSY_ENTRY_HEADER 20
-    #define KSY_WRAP 0xFFFFFFFFu
-
-    static inline uint64_t ksy_entry_size(uint64_t message_length, uint64_t source_length) {
-        return (KSY_ENTRY_HEADER + message_length + source_length + 7) & ~(uint64_t)7;
-    }
-
-    static inline void ksy_put_entry(char *at, uint32_t length, int64_t receive_ms, uint16_t port,
-                                     uint8_t kind, const char *source, uint8_t source_length,
-                                     const char *message, uint32_t message_length) {
-        size_t used = KSY_ENTRY_HEADER + (size_t)source_length + message_length;
-        memcpy(at, &length, 4);
-        memcpy(at + 4, &message_length, 4);
-        memcpy(at + 8, &receive_ms, 8);
-        memcpy(at + 16, &port, 2);
-        at[18] = (char)kind;
-        at[19] = (char)source_length;
-        memcpy(at + KSY_ENTRY_HEADER, source, source_length);
-        memcpy(at + KSY_ENTRY_HEADER + source_length, message, message_length);
-        memset(at + used, 0, length - used);
-    }
-
-    static inline void ksy_put_wrap(char *at) { uint32_t w = KSY_WRAP; memcpy(at, &w, 4); }
-    static inline uint32_t ksy_u32(const char *at) { uint32_t v; memcpy(&v, at, 4); return v; }
-    static inline int64_t ksy_i64(const char *at) { int64_t v; memcpy(&v, at, 8); return v; }
-    static inline uint16_t ksy_u16(const char *at) { uint16_t v; memcpy(&v, at, 2); return v; }
-    static inline uint8_t ksy_u8(const char *at) { return (uint8_t)*at; }
-    """
-    ctypedef struct ksy_header:
-        char magic[8]
-        uint32_t version
-        uint32_t header_size
-        uint64_t capacity
-        uint32_t producer_closed
-        uint64_t write_pos
-        uint64_t commit_pos
-
-    uint64_t ksy_load64(uint64_t *p)
-    void ksy_store64(uint64_t *p, uint64_t v)
-    uint32_t ksy_load32(uint32_t *p)
-    void ksy_store32(uint32_t *p, uint32_t v)
-    uint64_t ksy_entry_size(uint64_t message_length, uint64_t source_length)
-    void ksy_put_entry(char *at, uint32_t length, int64_t receive_ms, uint16_t port, uint8_t kind,
-                       const char *source, uint8_t source_length,
-                       const char *message, uint32_t message_length)
-    void ksy_put_wrap(char *at)
-    uint32_t ksy_u32(const char *at)
-    int64_t ksy_i64(const char *at)
-    uint16_t ksy_u16(const char *at)
-    uint8_t ksy_u8(const char *at)
-    uint32_t KSY_ENTRY_HEADER
-    uint32_t KSY_WRAP
-
 _MAGIC = b"KSYRING1"
 
 cdef enum:
@@ -193,16 +108,6 @@ def _create(str path, Py_ssize_t capacity) -> None:
 
 cdef class Ring:
     """A single-producer/single-consumer queue of log entries in a memory-mapped file."""
-
-    cdef readonly str path
-    cdef readonly Py_ssize_t capacity
-    cdef char *_map
-    cdef size_t _map_size
-    cdef ksy_header *_header
-    cdef char *_data
-    cdef uint64_t _cap
-    cdef uint64_t _max_entry
-    cdef uint64_t _read_pos  # the consumer's private cursor
 
     def __cinit__(self):
         self._map = NULL
@@ -287,7 +192,7 @@ cdef class Ring:
             )
         return 0
 
-    cdef inline int _check_open(self) except -1:
+    cdef int _check_open(self) except -1:
         if self._map == NULL:
             raise ValueError("operation on a closed ring")
         return 0
@@ -396,35 +301,15 @@ cdef class Ring:
 
     # --- consumer ---------------------------------------------------------------------
 
-    def read_batch(self, Py_ssize_t max_entries) -> list:
-        """Read up to max_entries entries from the private cursor.
-
-        Each entry is (kind, port, source, receive_ms, message). Only the private cursor
-        advances. A corrupt entry raises RingError when it is the first one to read;
-        after good entries, the batch stops before it and the next call raises.
-        """
+    cdef int next_entry(self, uint64_t write_pos, RingEntry *entry) noexcept:
+        """The entry at the private cursor, pointing into the mapping, and the cursor moved
+        past it: 1; nothing before write_pos (the producer's published position, loaded by
+        the caller with acquire): 0; a corrupt entry: -1, the cursor left before it."""
         cdef uint64_t cap = self._cap
-        cdef uint64_t write_pos, read_pos, offset, room, avail, length
-        cdef uint32_t message_length
-        cdef uint8_t source_length, kind
-        cdef uint8_t last_source_length = 0
-        cdef uint16_t port
-        cdef uint16_t last_port = 0
-        cdef int64_t receive_ms
-        cdef int64_t last_ms = 0
+        cdef uint64_t read_pos = self._read_pos
+        cdef uint64_t offset, room, avail, length
         cdef const char *at
-        cdef Py_ssize_t count = 0
-        cdef list out = []
-        cdef bytes source = None
-        cdef object port_obj = None
-        cdef object ms_obj = None
-        cdef bint corrupt = False
-        self._check_open()
-        if max_entries < 0:
-            raise ValueError(f"max_entries must not be negative, not {max_entries}")
-        write_pos = ksy_load64(&self._header.write_pos)
-        read_pos = self._read_pos
-        while count < max_entries and read_pos < write_pos:
+        while read_pos < write_pos:
             offset = read_pos % cap
             room = cap - offset
             avail = write_pos - read_pos
@@ -434,48 +319,72 @@ cdef class Ring:
                 # A marker is only written when the next entry does not fit in room, and is
                 # published together with that entry.
                 if room >= self._max_entry or room >= avail:
-                    corrupt = True
-                    break
+                    self._read_pos = read_pos
+                    return -1
                 read_pos += room
                 continue
             # Bounds first: the fields of a corrupt entry may lie past the data area.
             if length < MIN_ENTRY or length > room or length > avail:
-                corrupt = True
+                self._read_pos = read_pos
+                return -1
+            entry.message_length = ksy_u32(at + 4)
+            entry.source_length = ksy_u8(at + 19)
+            if ksy_entry_size(entry.message_length, entry.source_length) != length:
+                self._read_pos = read_pos
+                return -1
+            entry.receive_ms = ksy_i64(at + 8)
+            entry.port = ksy_u16(at + 16)
+            entry.kind = ksy_u8(at + 18)
+            entry.source = at + KSY_ENTRY_HEADER
+            entry.message = at + KSY_ENTRY_HEADER + entry.source_length
+            self._read_pos = read_pos + length
+            return 1
+        self._read_pos = read_pos
+        return 0
+
+    cdef uint64_t published(self) noexcept:
+        """The producer's write position (acquire): entries before it are complete."""
+        return ksy_load64(&self._header.write_pos)
+
+    def read_batch(self, Py_ssize_t max_entries) -> list:
+        """Read up to max_entries entries from the private cursor.
+
+        Each entry is (kind, port, source, receive_ms, message). Only the private cursor
+        advances. A corrupt entry raises RingError when it is the first one to read;
+        after good entries, the batch stops before it and the next call raises.
+        """
+        cdef RingEntry entry
+        cdef uint64_t write_pos
+        cdef Py_ssize_t count = 0
+        cdef int found = 0
+        cdef list out = []
+        cdef bytes source = None
+        cdef object port_obj = None
+        cdef object ms_obj = None
+        self._check_open()
+        if max_entries < 0:
+            raise ValueError(f"max_entries must not be negative, not {max_entries}")
+        write_pos = self.published()
+        while count < max_entries:
+            found = self.next_entry(write_pos, &entry)
+            if found != 1:
                 break
-            message_length = ksy_u32(at + 4)
-            source_length = ksy_u8(at + 19)
-            if ksy_entry_size(message_length, source_length) != length:
-                corrupt = True
-                break
-            receive_ms = ksy_i64(at + 8)
-            port = ksy_u16(at + 16)
-            kind = ksy_u8(at + 18)
             # Consecutive entries mostly share source, port and time: reuse those objects.
             if (
                 source is None
-                or source_length != last_source_length
-                or memcmp(at + KSY_ENTRY_HEADER, PyBytes_AS_STRING(source), source_length) != 0
+                or entry.source_length != PyBytes_GET_SIZE(source)
+                or memcmp(entry.source, PyBytes_AS_STRING(source), entry.source_length) != 0
             ):
-                source = PyBytes_FromStringAndSize(at + KSY_ENTRY_HEADER, source_length)
-                last_source_length = source_length
-            if port_obj is None or port != last_port:
-                port_obj = port
-                last_port = port
-            if ms_obj is None or receive_ms != last_ms:
-                ms_obj = receive_ms
-                last_ms = receive_ms
-            out.append((
-                kind,
-                port_obj,
-                source,
-                ms_obj,
-                PyBytes_FromStringAndSize(at + KSY_ENTRY_HEADER + source_length, message_length),
-            ))
-            read_pos += length
+                source = PyBytes_FromStringAndSize(entry.source, entry.source_length)
+            if port_obj is None or entry.port != port_obj:
+                port_obj = entry.port
+            if ms_obj is None or entry.receive_ms != ms_obj:
+                ms_obj = entry.receive_ms
+            out.append((entry.kind, port_obj, source, ms_obj,
+                        PyBytes_FromStringAndSize(entry.message, entry.message_length)))
             count += 1
-        self._read_pos = read_pos
-        if corrupt and count == 0:
-            raise RingError(f"{self.path}: corrupt entry at position {read_pos}")
+        if found == -1 and count == 0:
+            raise RingError(f"{self.path}: corrupt entry at position {self._read_pos}")
         return out
 
     def commit(self) -> None:

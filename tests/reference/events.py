@@ -12,6 +12,8 @@ import json
 import operator
 import secrets
 import time
+from array import array
+from itertools import accumulate
 from typing import Union
 
 from kinesyslog.constants import EVENT_ID_DIGITS, KIND_GELF
@@ -128,8 +130,15 @@ class EventBuffers:
             self._event_count += 1
             self._total_bytes += len(event)
 
-    def take(self) -> list[tuple[StreamKey, list[bytes]]]:
-        """[((kind, port, source), [event, ...]), ...] in first-seen key order; then empty."""
-        taken = list(self._groups.items())
+    def take(self) -> list[tuple[StreamKey, bytes, bytes]]:
+        """[((kind, port, source), body, ends), ...] in first-seen key order, body being the
+        events joined by ", " and ends where each ends in it (native int64 bytes); then
+        empty."""
+        taken = []
+        for key, events in self._groups.items():
+            body = b", ".join(events)
+            ends = array("q", [end - 2 for end in accumulate(len(event) + 2
+                                                                for event in events)])
+            taken.append((key, body, ends.tobytes()))
         self._reset()
         return taken
