@@ -17,10 +17,14 @@ import logging
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
 from isal import isal_zlib
 
 from kinesyslog.constants import FIREHOSE_MAX_RECORD_BYTES, GZIP_LEVEL, MESSAGE_TYPE
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 log = logging.getLogger("kinesyslog.records")
 
@@ -42,7 +46,7 @@ def encode_record_header(owner: str, log_group: str, log_stream: str) -> bytes:
     ).encode()
 
 
-def build_records(owner: str, log_group: str, log_stream: str, body: bytes,
+def build_records(owner: str, log_group: str, log_stream: str, body: Buffer,
                   ends: Sequence[int]) -> list[bytes]:
     """Gzip records holding the events in order, none over FIREHOSE_MAX_RECORD_BYTES.
 
@@ -66,10 +70,10 @@ def joined(events: list[bytes]) -> tuple[bytes, list[int]]:
     return body, ends
 
 
-def events_of(body: bytes, ends: Sequence[int]) -> list[bytes]:
+def events_of(body: Buffer, ends: Sequence[int]) -> list[bytes]:
     """The encoded events in (body, ends): the inverse of joined()."""
-    starts = [0, *(end + len(_SEPARATOR) for end in ends[:-1])]
-    return [bytes(body[start:end]) for start, end in zip(starts, ends)]
+    view = memoryview(body)
+    return [bytes(view[_start(ends, i):ends[i]]) for i in range(len(ends))]
 
 
 def _start(ends: Sequence[int], first: int) -> int:
@@ -78,8 +82,10 @@ def _start(ends: Sequence[int], first: int) -> int:
 
 
 def _compress(header: bytes, events: memoryview | bytes) -> bytes:
-    document = b"".join((header, events, _TRAILER))
-    return isal_zlib.compress(document, GZIP_LEVEL, _GZIP_WBITS)
+    """The gzip member of header + events + trailer, compressed in place (no joined copy)."""
+    compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, _GZIP_WBITS)
+    return b"".join((compressor.compress(header), compressor.compress(events),
+                     compressor.compress(_TRAILER), compressor.flush()))
 
 
 def _build(header: bytes, body: memoryview, ends: Sequence[int], first: int, stop: int,

@@ -78,7 +78,7 @@ class Worker:
                 continue
             read = 0
             if self._spool_has_room():
-                read = self.buffers.add_from_ring(self.ring, READ_BATCH)
+                read = self.buffers.add_from_ring(self.ring, READ_BATCH, self.flush_size)
                 if read:
                     self._count_invalid_gelf()
             if self.buffers.event_count and self._flush_due():

@@ -1,9 +1,10 @@
 """Events as JSON, grouped by stream: the worker's hot path."""
 
+from typing_extensions import Buffer
+
 from kinesyslog._fast.ring import Ring
 from kinesyslog._fast.syslog import TimestampExtractor
 
-Buffer = bytes | bytearray | memoryview
 Entry = tuple[int, int, bytes, int, Buffer]
 StreamKey = tuple[int, int, bytes]
 
@@ -24,10 +25,12 @@ class EventBuffers:
     @property
     def gelf_invalid_json(self) -> int: ...
     def __init__(self, extractor: TimestampExtractor, ids: IdGenerator) -> None: ...
-    def add_from_ring(self, ring: Ring, max_entries: int) -> int:
-        """Encodes up to max_entries entries straight from the ring's read cursor; how many.
-        A corrupt entry raises RingError when it is the first, else the read stops before it."""
+    def add_from_ring(self, ring: Ring, max_entries: int, max_bytes: int) -> int:
+        """Encodes entries straight from the ring's read cursor until max_entries were read or
+        total_bytes reached max_bytes; how many. A corrupt entry raises RingError when it is
+        the first, else the read stops before it."""
     def add_batch(self, entries: list[Entry]) -> None: ...
-    def take(self) -> list[tuple[StreamKey, bytes, bytes]]:
-        """[(key, body, ends)]: the events' JSON joined by ", ", and where each ends in body
-        (native int64 bytes: memoryview(ends).cast("q")), in first-seen key order."""
+    def take(self) -> list[tuple[StreamKey, Buffer, bytes]]:
+        """[(key, body, ends)]: the events' JSON joined by ", " (read it through memoryview),
+        and where each ends in body (native int64 bytes: memoryview(ends).cast("q")), in
+        first-seen key order."""

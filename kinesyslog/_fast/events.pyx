@@ -14,7 +14,7 @@ per worker start.
 import secrets
 import time
 
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
     PyBytes_FromStringAndSize,
@@ -37,7 +37,7 @@ cdef enum:
     PREFIX_LENGTH = ID_LENGTH - COUNTER_DIGITS
     # {"id": "<id>", "timestamp": <ts>, "message": <json string>}
     EVENT_OVERHEAD = 8 + ID_LENGTH + 16 + 20 + 13 + 1
-    MIN_GROUP_BYTES = 64 * 1024
+    MIN_GROUP_BYTES = 1024
     MIN_GROUP_EVENTS = 256
 
 assert EVENT_ID_DIGITS == ID_LENGTH
@@ -238,9 +238,42 @@ cdef inline Py_ssize_t write_int(long long value, unsigned char* out) noexcept:
     return o
 
 
+# Large stream buffers are kept when their stream was flushed, for the next busy stream: a
+# busy worker then neither grows a buffer by copying nor faults in fresh pages per flush. At
+# most POOL_SLOTS of them, each as large as the largest flush was.
+cdef enum:
+    POOL_SLOTS = 4
+    POOLED_MIN = 256 * 1024
+
+cdef unsigned char* pool_data[POOL_SLOTS]
+cdef Py_ssize_t pool_capacity[POOL_SLOTS]
+
+
+cdef void pool_put(unsigned char* data, Py_ssize_t capacity) noexcept:
+    """Keeps ``data`` for reuse in place of the smallest pooled buffer, or frees it."""
+    cdef int i, smallest = 0
+    if capacity >= POOLED_MIN:
+        for i in range(POOL_SLOTS):
+            if pool_capacity[i] < pool_capacity[smallest]:
+                smallest = i
+        if capacity > pool_capacity[smallest]:
+            data, pool_data[smallest] = pool_data[smallest], data
+            capacity, pool_capacity[smallest] = pool_capacity[smallest], capacity
+    free(data)
+
+
+cdef int pool_take(Py_ssize_t wanted) noexcept:
+    """The slot of the largest pooled buffer of at least ``wanted`` bytes, or -1."""
+    cdef int i, best = -1
+    for i in range(POOL_SLOTS):
+        if pool_capacity[i] >= wanted and (best < 0 or pool_capacity[i] > pool_capacity[best]):
+            best = i
+    return best
+
+
 cdef class _Group:
-    """The events of one stream: their JSON joined by ", " in one growing buffer, and where
-    each ends."""
+    """The events of one stream: their JSON joined by ", " in one growing buffer (read
+    through the buffer protocol, without a copy), and where each ends."""
 
     cdef unsigned char* data
     cdef Py_ssize_t length
@@ -253,18 +286,38 @@ cdef class _Group:
     cdef bytes source
 
     def __dealloc__(self):
-        free(self.data)
+        pool_put(self.data, self.capacity)
         free(self.ends)
+
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        PyBuffer_FillInfo(buffer, self, self.data, self.length, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        pass
+
+    def ends_bytes(self) -> bytes:
+        """Where each event ends in the buffer: native int64s (memoryview(...).cast("q"))."""
+        return PyBytes_FromStringAndSize(<char*>self.ends, self.count * sizeof(int64_t))
 
     cdef unsigned char* reserve(self, Py_ssize_t size) except NULL:
         """Room for ``size`` more bytes and one more end; where they go."""
         cdef Py_ssize_t wanted = self.length + size
         cdef void* bigger
+        cdef int slot
         if wanted > self.capacity:
             wanted = max(wanted, self.capacity * 2, MIN_GROUP_BYTES)
-            bigger = realloc(self.data, wanted)
-            if bigger == NULL:
-                raise MemoryError()
+            slot = pool_take(wanted)
+            if slot >= 0:
+                bigger = pool_data[slot]
+                memcpy(bigger, self.data, self.length)
+                free(self.data)
+                wanted = pool_capacity[slot]
+                pool_data[slot] = NULL
+                pool_capacity[slot] = 0
+            else:
+                bigger = realloc(self.data, wanted)
+                if bigger == NULL:
+                    raise MemoryError()
             self.data = <unsigned char*>bigger
             self.capacity = wanted
         if self.count == self.ends_capacity:
@@ -275,12 +328,6 @@ cdef class _Group:
             self.ends = <int64_t*>bigger
             self.ends_capacity = wanted
         return self.data + self.length
-
-    cdef tuple taken(self):
-        """(body, ends): the joined events as bytes, and their end offsets as bytes of native
-        int64 (memoryview(ends).cast("q"))."""
-        return (PyBytes_FromStringAndSize(<char*>self.data, self.length),
-                PyBytes_FromStringAndSize(<char*>self.ends, self.count * sizeof(int64_t)))
 
 
 cdef class EventBuffers:
@@ -366,16 +413,18 @@ cdef class EventBuffers:
         self.total_bytes += o - separator
         return 0
 
-    def add_from_ring(self, Ring ring not None, Py_ssize_t max_entries) -> int:
-        """Encodes up to ``max_entries`` entries read from ``ring`` (its private cursor
-        advances; nothing is committed); how many. A corrupt entry raises RingError when it
-        is the first one, else the read stops before it."""
+    def add_from_ring(self, Ring ring not None, Py_ssize_t max_entries,
+                      Py_ssize_t max_bytes) -> int:
+        """Encodes entries read from ``ring`` (its private cursor advances; nothing is
+        committed) until ``max_entries`` were read or total_bytes reached ``max_bytes``; how
+        many. A corrupt entry raises RingError when it is the first one, else the read stops
+        before it."""
         cdef RingEntry entry
         cdef uint64_t write_pos = ring.published()
         cdef Py_ssize_t count = 0
         cdef int found = 0
         ring._check_open()
-        while count < max_entries:
+        while count < max_entries and self.total_bytes < max_bytes:
             found = ring.next_entry(write_pos, &entry)
             if found != 1:
                 break
@@ -404,12 +453,11 @@ cdef class EventBuffers:
 
     def take(self) -> list:
         """[((kind, port, source), body, ends), ...] in first-seen key order, body being the
-        events' JSON joined by ", " and ends where each event ends in it (bytes of native
-        int64); then empty."""
+        events' JSON joined by ", " (an object with the buffer protocol) and ends where each
+        event ends in it (bytes of native int64); then empty."""
         cdef list taken = []
         cdef _Group group
         for key, group in self.groups.items():
-            body, ends = group.taken()
-            taken.append((key, body, ends))
+            taken.append((key, group, group.ends_bytes()))
         self._reset()
         return taken
