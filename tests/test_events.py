@@ -290,3 +290,25 @@ def test_messages_may_be_any_buffer(backend: Backend) -> None:
 def test_malformed_entries_raise(backend: Backend, entry: object) -> None:
     with pytest.raises((TypeError, ValueError)):
         make_buffers(backend).add_batch([entry])
+
+
+def test_add_from_ring_reads_until_the_byte_limit(tmp_path: Any) -> None:
+    """Straight from the ring (Cython only): the same events as add_batch of read_batch, and
+    reading stops once total_bytes reaches max_bytes."""
+    from kinesyslog._fast.events import EventBuffers, IdGenerator
+    from kinesyslog._fast.ring import Ring
+    from kinesyslog._fast.syslog import TimestampExtractor
+
+    ring = Ring(str(tmp_path / "ring"), 1 << 20)
+    messages = [b"<13>1 2024-02-29T10:11:12.%03dZ h a - - - m%d" % (n, n) for n in range(50)]
+    assert ring.write_batch(messages, 0, b"192.0.2.1", 514, KIND_SYSLOG, 1_000) == 50
+    direct = EventBuffers(TimestampExtractor("UTC"), IdGenerator(PREFIX))
+    first = direct.add_from_ring(ring, 4096, 1000)
+    one_event = direct.total_bytes // first
+    assert direct.total_bytes >= 1000 > direct.total_bytes - one_event
+    assert first + direct.add_from_ring(ring, 4096, 1 << 30) == 50
+    assert direct.add_from_ring(ring, 4096, 1 << 30) == 0
+    ring.rewind()
+    via_tuples = EventBuffers(TimestampExtractor("UTC"), IdGenerator(PREFIX))
+    via_tuples.add_batch(ring.read_batch(100))
+    assert taken(direct) == taken(via_tuples)
