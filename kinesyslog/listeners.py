@@ -521,15 +521,16 @@ class StreamConnection:
         receive_ms = int(time.time() * 1000)
         written = self.listener.ring.write_batch(messages, 0, self.source, self.port,
                                                  self.listener.kind, receive_ms)
-        self._count(messages, 0, written)
+        self._count(written)
         if written < len(messages):
             self.pending, self.pending_index, self.pending_ms = messages, written, receive_ms
             self.listener.pause(self)
 
-    def _count(self, messages: list[bytes], start: int, end: int) -> None:
+    def _count(self, written: int) -> None:
+        """Counts the messages the last write_batch wrote."""
         stats = self.stats
-        stats.messages += end - start
-        stats.message_bytes += sum(len(m) for m in messages[start:end])
+        stats.messages += written
+        stats.message_bytes += self.listener.ring.last_written_bytes
 
     def flush_pending(self) -> bool:
         """Writes held-back messages; True once none is left."""
@@ -538,7 +539,7 @@ class StreamConnection:
         start = self.pending_index
         written = self.listener.ring.write_batch(self.pending, start, self.source, self.port,
                                                  self.listener.kind, self.pending_ms)
-        self._count(self.pending, start, start + written)
+        self._count(written)
         self.pending_index += written
         if self.pending_index < len(self.pending):
             return False

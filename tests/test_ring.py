@@ -710,3 +710,15 @@ def test_fork_producer_parent_consumer_child(tmp_path: Path) -> None:
         os.close(go_w)
         if not reaped:
             _kill_and_reap(pid)
+
+
+def test_last_written_bytes_counts_the_messages_written(tmp_path: Path) -> None:
+    ring = Ring(str(tmp_path / "ring"), 1 << 20)
+    big = b"x" * (ring.capacity // 4 - 64)
+    assert ring.write_batch([b"abc", b"", b"de"], 0, b"h", 1, 0, 0) == 3
+    assert ring.last_written_bytes == 5
+    # Only what fit: four of the five.
+    assert ring.write_batch([big, big, big, big, big], 0, b"h", 1, 0, 0) == 4
+    assert ring.last_written_bytes == 4 * len(big)
+    assert ring.write_batch([big], 0, b"h", 1, 0, 0) == 0
+    assert ring.last_written_bytes == 0

@@ -110,6 +110,7 @@ cdef class Ring:
     cdef uint64_t _cap
     cdef uint64_t _max_entry
     cdef uint64_t _read_pos  # the consumer's private cursor
+    cdef readonly Py_ssize_t last_written_bytes  # message bytes of the last write_batch
 
     cdef int _map_file(self, int fd) except -1
     cdef int _validate(self) except -1

@@ -17,6 +17,9 @@ class Ring:
     def path(self) -> str: ...
     @property
     def capacity(self) -> int: ...
+    @property
+    def last_written_bytes(self) -> int:
+        """Message bytes the last write_batch wrote."""
 
     # --- producer ---
     def write_batch(

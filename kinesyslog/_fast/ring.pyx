@@ -208,7 +208,8 @@ cdef class Ring:
         int kind,
         long long receive_ms,
     ) -> int:
-        """Append messages[start:] while they fit; return how many were written.
+        """Append messages[start:] while they fit; return how many were written (their bytes
+        are in last_written_bytes).
 
         A message that is not bytes, or whose entry can never fit (> capacity / 4), raises
         TypeError / ValueError when it is messages[start]; later in the batch, the batch
@@ -232,6 +233,7 @@ cdef class Ring:
         cap = self._cap
         write_pos = ksy_load64(&self._header.write_pos)
         free = cap - (write_pos - ksy_load64(&self._header.commit_pos))
+        self.last_written_bytes = 0
         while i < n:
             message = <object>PyList_GET_ITEM(messages, i)
             if not PyBytes_Check(message):
@@ -265,6 +267,7 @@ cdef class Ring:
             )
             write_pos += size
             free -= size
+            self.last_written_bytes += message_length
             i += 1
         if i > start:
             ksy_store64(&self._header.write_pos, write_pos)
