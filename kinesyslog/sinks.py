@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
+from binascii import b2a_base64
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +33,18 @@ class Sink(Protocol):
         ...
 
 
+def put_record_batch_body(stream: str, records: Sequence[bytes]) -> bytes:
+    """The JSON request body of PutRecordBatch, as botocore would serialize it.
+
+    botocore base64-encodes each record into a str, then json.dumps the whole request, which
+    scans every base64 character for escapes: for 4 MiB of records that was half of the
+    uploader's CPU. Base64 text never needs escaping, so the body is assembled from bytes.
+    """
+    data = b'"}, {"Data": "'.join(b2a_base64(record, newline=False) for record in records)
+    return b"".join((b'{"DeliveryStreamName": ', json.dumps(stream).encode(),
+                     b', "Records": [{"Data": "', data, b'"}]}'))
+
+
 class FirehoseSink:
     consumes_files = False
 
@@ -38,16 +52,27 @@ class FirehoseSink:
         self.client = client
         self.stream = stream
         self.last_error = ""
+        self._body: bytes | None = None
+        # botocore's hook between serializing a call and signing it: the body built above
+        # replaces the one serialized from placeholder records.
+        client.meta.events.register("before-call.firehose.PutRecordBatch", self._put_body)
+
+    def _put_body(self, params: dict[str, Any], **_: Any) -> None:
+        if self._body is not None:
+            params["body"] = self._body
 
     def send(self, batch: Batch) -> list[str | None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        self._body = put_record_batch_body(self.stream, [data for _, data in batch])
         try:
             response = self.client.put_record_batch(
-                DeliveryStreamName=self.stream, Records=[{"Data": data} for _, data in batch])
+                DeliveryStreamName=self.stream, Records=[{"Data": b""}] * len(batch))
         except (BotoCoreError, ClientError, OSError) as error:
             self.last_error = str(error)
             return [error_code(error)] * len(batch)
+        finally:
+            self._body = None
         entries = response.get("RequestResponses") or []
         results: list[str | None] = []
         for index in range(len(batch)):

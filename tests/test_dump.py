@@ -13,7 +13,7 @@ import pytest
 
 from kinesyslog.constants import DUMP_CHUNK_SIZE
 from kinesyslog.dump import DumpError, dump, iter_records
-from kinesyslog.records import build_records
+from kinesyslog.records import build_records, joined
 from kinesyslog.spool import Spool
 from tests.conftest import MotoServer
 
@@ -27,7 +27,8 @@ def event(number: int, message: str) -> dict[str, Any]:
 
 def record(stream: str, events: list[dict[str, Any]], group: str = GROUP) -> bytes:
     """One record as the relay builds it (ISA-L gzip)."""
-    [built] = build_records(OWNER, group, stream, [json.dumps(e).encode() for e in events])
+    [built] = build_records(OWNER, group, stream,
+                            *joined([json.dumps(e).encode() for e in events]))
     return built
 
 

@@ -36,7 +36,7 @@ from kinesyslog.constants import (
     RETRY_PERMANENT_DELAY,
     UPLOADER_RESCAN_INTERVAL,
 )
-from kinesyslog.records import build_records
+from kinesyslog.records import build_records, joined
 from kinesyslog.sinks import DirectorySink, FirehoseSink
 from kinesyslog.spool import Spool
 from kinesyslog.uploader import Uploader, UploaderSettings, uploader_main
@@ -800,11 +800,11 @@ def test_main_exits_when_its_parent_is_gone(tmp_path: Path, children: list[int])
 
 def test_records_reach_s3_through_moto(moto_server: MotoServer, tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    first = build_records("123456789012", "/kinesyslog/syslog/514", "192.0.2.7",
-                          [b'{"id": "%056d", "timestamp": 1519247270240, "message": "m%d"}'
-                           % (i, i) for i in range(2)])
-    second = build_records("123456789012", "/kinesyslog/syslog/514", "192.0.2.8",
-                           [b'{"id": "%056d", "timestamp": 1519247270240, "message": "x"}' % 9])
+    first = build_records("123456789012", "/kinesyslog/syslog/514", "192.0.2.7", *joined(
+        [b'{"id": "%056d", "timestamp": 1519247270240, "message": "m%d"}' % (i, i)
+         for i in range(2)]))
+    second = build_records("123456789012", "/kinesyslog/syslog/514", "192.0.2.8", *joined(
+        [b'{"id": "%056d", "timestamp": 1519247270240, "message": "x"}' % 9]))
     client = boto3.client("firehose", endpoint_url=moto_server.endpoint_url)
     uploader = Uploader(spool, FirehoseSink(client, moto_server.stream), clock=FakeClock())
 
