@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from bench.procs import udp_rcvbuf_errors  # noqa: E402
 from bench.senders import (  # noqa: E402
     SendResult,
+    TlsFiles,
     build_blaster,
     send_tcp,
     send_udp,
@@ -81,12 +82,13 @@ class Scenario:
     rate: int  # messages per second (UDP only)
     protocol: str = "syslog"  # or "gelf": the relay gets --gelf
     chunks: int = 1  # GELF chunks per message; 1 sends it whole
+    tls: bool = False  # TCP inside TLS (the relay's --tls-port)
 
 
 def parse_scenario(name: str) -> Scenario:
-    tcp = re.fullmatch(r"tcp([1-9]\d{0,2})-(lf|octet)", name)
+    tcp = re.fullmatch(r"(tcp|tls)([1-9]\d{0,2})-(lf|octet)", name)
     if tcp:
-        return Scenario(name, "tcp", int(tcp[1]), tcp[2], 0)
+        return Scenario(name, "tcp", int(tcp[2]), tcp[3], 0, tls=tcp[1] == "tls")
     udp = re.fullmatch(r"udp-([1-9]\d*)", name)
     if udp:
         return Scenario(name, "udp", 1, "datagram", int(udp[1]))
@@ -94,7 +96,8 @@ def parse_scenario(name: str) -> Scenario:
     if gelf and int(gelf[1] or 1) <= GELF_MAX_CHUNKS:
         return Scenario(name, "udp", 1, "datagram", int(gelf[2]), "gelf", int(gelf[1] or 1))
     raise argparse.ArgumentTypeError(
-        f"unknown scenario {name!r}: use tcp<N>-lf, tcp<N>-octet, udp-<rate>, gelf-udp-<rate> "
+        f"unknown scenario {name!r}: use tcp<N>-lf, tcp<N>-octet, tls<N>-lf, tls<N>-octet, "
+        f"udp-<rate>, gelf-udp-<rate> "
         f"or gelf<K>-udp-<rate> (K <= {GELF_MAX_CHUNKS} chunks per message)")
 
 
@@ -233,13 +236,14 @@ class Context:
     base_second: int
     stub_url: str | None
     blaster: Path | None  # the compiled C UDP sender; None: the Python one
+    tls: TlsFiles | None  # the relay's certificate for tls<N> scenarios
 
 
 def make_system(context: Context, name: str, scenario: Scenario, workdir: Path) -> System:
     if name == "rsyslog":
         return Rsyslog(context.args, workdir, scenario.transport)
     return Kinesyslog(context.args, workdir, scenario.transport, scenario.protocol == "gelf",
-                      context.stub_url)
+                      context.stub_url, context.tls if scenario.tls else None)
 
 
 def send(context: Context, scenario: Scenario, system: System) -> SendResult:
@@ -247,7 +251,8 @@ def send(context: Context, scenario: Scenario, system: System) -> SendResult:
         payloads = context.payloads.tcp(scenario)
         parts = split_evenly(len(context.payloads.messages[scenario.protocol]),
                              scenario.connections)
-        return send_tcp(system.tcp_port, payloads, [len(part) for part in parts])
+        tls = context.tls.client_context() if scenario.tls and context.tls else None
+        return send_tcp(system.tcp_port, payloads, [len(part) for part in parts], tls)
     if context.blaster:
         return send_udp_blast(context.blaster, context.payloads.datagram_file(scenario),
                               system.udp_port, scenario.rate, scenario.chunks,
@@ -267,6 +272,9 @@ def run_scenario(context: Context, scenario: Scenario, system_name: str,
                               "size": args.size}
     if system_name == "rsyslog" and scenario.protocol == "gelf":
         result["skipped"] = "rsyslog has no GELF input"
+        return result
+    if system_name == "rsyslog" and scenario.tls:
+        result["skipped"] = "the harness gives rsyslog no TLS input"
         return result
     if scenario.transport == "tcp":
         result["payload_bytes"] = sum(map(len, context.payloads.tcp(scenario)))
@@ -581,8 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     stub = Stub() if args.legacy else None
     data_dir = Path(tempfile.mkdtemp(prefix="kinesyslog-bench-data-", dir=args.tmp_dir))
+    tls = TlsFiles.create(data_dir) if any(s.tls for s in scenarios) else None
     context = Context(args, Payloads(messages, data_dir), base_second,
-                      stub.url if stub else None, blaster)
+                      stub.url if stub else None, blaster, tls)
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results_path = args.results_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.json"

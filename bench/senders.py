@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -35,10 +36,34 @@ class SendResult:
     sender: str = "python"
 
 
-def send_tcp(port: int, payloads: list[bytes], counts: list[int]) -> SendResult:
-    """Sends each payload over its own connection, all at once, in large sendall() chunks."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA and the relay's certificate for the tls<N> scenarios."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> TlsFiles:
+        from tests.certs import issue, make_ca  # cryptography, a test dependency
+
+        ca = make_ca(directory / "pki", "bench-ca")
+        server = issue(ca, directory / "pki", "relay")
+        return cls(ca.cert, server.cert, server.key)
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+def send_tcp(port: int, payloads: list[bytes], counts: list[int],
+             tls: ssl.SSLContext | None = None) -> SendResult:
+    """Sends each payload over its own connection (inside TLS when ``tls`` is given), all at
+    once, in large sendall() chunks."""
     sockets = [socket.create_connection(("127.0.0.1", port), timeout=SEND_TIMEOUT)
                for _ in payloads]
+    if tls is not None:
+        sockets = [tls.wrap_socket(sock, server_hostname="localhost") for sock in sockets]
     gate = threading.Barrier(len(payloads) + 1, timeout=SEND_TIMEOUT)
     errors: list[str] = []
     failed = [False] * len(payloads)

@@ -18,7 +18,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.procs import (
     KIB,
@@ -33,6 +33,9 @@ from bench.procs import (
 from bench.verify import Checker, LineChecker, RecordChecker, Tally
 from kinesyslog.constants import SPOOL_LEGACY_PREFIX, SPOOL_RECORD_PREFIX
 from kinesyslog.listeners import UDP_SOCKET_BUFFER
+
+if TYPE_CHECKING:
+    from bench.senders import TlsFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_LINE = "kinesyslog ready"
@@ -369,9 +372,10 @@ class Kinesyslog(System):
     name = "kinesyslog"
 
     def __init__(self, args: argparse.Namespace, workdir: Path, transport: str, gelf: bool,
-                 stub_url: str | None) -> None:
+                 stub_url: str | None, tls: TlsFiles | None = None) -> None:
         super().__init__(args, workdir, transport)
         self.gelf = gelf
+        self.tls = tls  # the TCP port is a --tls-port then
         self.spool = workdir / "spool"
         self.out = workdir / "out"
         self.spool.mkdir()
@@ -393,9 +397,11 @@ class Kinesyslog(System):
     def command(self) -> list[str]:
         relay = shlex.split(self.args.relay_cmd) if self.args.relay_cmd else [
             sys.executable, "-m", "kinesyslog"]
+        stream_port = (["--tls-port", str(self.tcp_port), "--cert", str(self.tls.cert),
+                        "--key", str(self.tls.key), "--tcp-port", "0"] if self.tls
+                       else ["--tcp-port", str(self.tcp_port)])
         cmd = [*relay, "listen", "--spool-dir", str(self.spool),
-               "--address", "127.0.0.1", "--tcp-port", str(self.tcp_port),
-               "--udp-port", str(self.udp_port)]
+               "--address", "127.0.0.1", *stream_port, "--udp-port", str(self.udp_port)]
         if self.gelf:  # every listener then speaks GELF
             cmd.append("--gelf")
         if self.args.legacy:  # only options that kinesyslog 2.x knows

@@ -16,6 +16,10 @@ def make_server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SS
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    # No TLS 1.3 session tickets: syslog senders never read, and a sender that closes its
+    # socket with unread tickets in it makes its kernel answer with a reset, which discards
+    # whatever of its messages the relay has not read yet.
+    context.num_tickets = 0
     try:
         context.load_cert_chain(certfile=str(cert), keyfile=str(key))
     except (OSError, ssl.SSLError) as error:

@@ -97,6 +97,31 @@ def test_tls_to_s3_both_framings_and_64k(moto_server, pki, tmp_path: Path) -> No
     assert len(big) == 65536
 
 
+def test_a_sender_that_closes_without_reading_loses_nothing(pki, tmp_path: Path) -> None:
+    """Syslog senders never read: one that closes its socket right after its last write,
+    without close_notify, must not lose what the relay has not read yet. (A TLS 1.3 session
+    ticket left unread in the sender's socket made its close a reset, and the kernel then
+    discarded the messages still queued for the relay: about one in ten here.)"""
+    port = free_ports()
+    relay = local_relay(tmp_path, "--address", "127.0.0.1", "--tls-port", str(port), "--cert",
+                        str(pki["server"].cert), "--key", str(pki["server"].key)).start()
+    messages = [b"<13>1 - h app - - - abrupt close %06d " % i + b"x" * 100
+                for i in range(100_000)]
+    payload = b"".join(m + b"\n" for m in messages)
+    try:
+        sock = tls_connect(port, client_context(pki))
+        for offset in range(0, len(payload), 1 << 20):
+            sock.sendall(payload[offset:offset + (1 << 20)])
+        sock.shutdown(socket.SHUT_WR)  # no close_notify, nothing read
+        sock.close()
+        wait_for(lambda: len(output_events(tmp_path / "out")) >= len(messages), 30,
+                 interval=0.2, message="every message of the abruptly closed connection")
+    finally:
+        assert relay.stop() == 0, relay.log
+    assert [e["message"] for _, _, e in output_events(tmp_path / "out")] == [
+        m.decode() for m in messages]
+
+
 def test_mutual_tls_accepts_only_clients_of_the_ca(pki, tmp_path: Path) -> None:
     port = free_ports()
     relay = local_relay(tmp_path, "--address", "127.0.0.1", "--tls-port", str(port), "--cert",
