@@ -40,9 +40,12 @@ def put_record_batch_body(stream: str, records: Sequence[bytes]) -> bytes:
     scans every base64 character for escapes: for 4 MiB of records that was half of the
     uploader's CPU. Base64 text never needs escaping, so the body is assembled from bytes.
     """
-    data = b'"}, {"Data": "'.join(b2a_base64(record, newline=False) for record in records)
-    return b"".join((b'{"DeliveryStreamName": ', json.dumps(stream).encode(),
-                     b', "Records": [{"Data": "', data, b'"}]}'))
+    parts = [b'{"DeliveryStreamName": ', json.dumps(stream).encode(), b', "Records": [']
+    for index, record in enumerate(records):
+        parts += [b', {"Data": "' if index else b'{"Data": "',
+                  b2a_base64(record, newline=False), b'"}']
+    parts.append(b"]}")
+    return b"".join(parts)  # one copy of the encoded records
 
 
 class FirehoseSink:
