@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kinesyslog import constants
-from kinesyslog._fast.framing import GelfStreamFramer, StreamFramer, frame_datagram
+from kinesyslog._fast.framing import GelfStreamFramer, StreamFramer
 from kinesyslog._fast.gelf_chunks import ChunkAssembler
 from kinesyslog._fast.gelf_payload import decode_payload
 from kinesyslog._fast.proxy import address_text
+from kinesyslog._fast.udp import DatagramReceiver
 from kinesyslog.config import Config, ConfigError
 from kinesyslog.limits import ConnectionLimits
 from kinesyslog.logs import RateLimitedLog
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kinesyslog.listener")
 BACKPRESSURE_RETRY = 0.005
 ACCEPT_BATCH = 64
-UDP_READ_BATCH = 256
+UDP_READ_BATCH = 256  # datagrams per readiness event of one UDP socket, at most
+UDP_RECVMMSG_BATCH = 64  # syslog datagrams per recvmmsg call
 UDP_SOCKET_BUFFER = 8 * 1024 * 1024
 SOURCE_CACHE_SIZE = 4096
 
@@ -166,6 +168,10 @@ class Listener:
         self.recv_view = memoryview(self.recv_buffer)
         self.datagram_buffer = bytearray(constants.UDP_RECV_SIZE)
         self.datagram_view = memoryview(self.datagram_buffer)
+        # Syslog datagrams go from recvmmsg buffers into the ring in C; GELF ones need
+        # reassembly and decompression and take the Python path.
+        self.datagram_receiver = None if config.gelf else DatagramReceiver(
+            config.max_message_size, UDP_RECVMMSG_BATCH, SOURCE_CACHE_SIZE)
         self.problems = RateLimitedLog(log)
         self._sources: dict[object, bytes] = {}
         self._retry_scheduled = False
@@ -193,7 +199,35 @@ class Listener:
 
     # --- UDP -----------------------------------------------------------------------------
     def _on_datagrams(self, bound: BoundSocket) -> None:
-        max_size = self.config.max_message_size
+        receiver = self.datagram_receiver
+        if receiver is None:
+            self._on_gelf_datagrams(bound)
+            return
+        counters = self.counters
+        stats = counters.port("udp", bound.port)
+        fd = bound.sock.fileno()
+        for _ in range(UDP_READ_BATCH // UDP_RECVMMSG_BATCH):
+            try:
+                _read, messages, message_bytes, empty, truncated, ring_full, drained = (
+                    receiver.receive(fd, self.ring, bound.port, self.kind,
+                                     int(time.time() * 1000)))
+            except OSError as error:
+                self.problems.warning(f"UDP port {bound.port}: receive failed",
+                                      error.strerror or "")
+                return
+            stats.messages += messages
+            stats.message_bytes += message_bytes
+            stats.truncated += truncated
+            counters.empty_datagrams += empty
+            if ring_full:
+                counters.udp_dropped_ring_full += ring_full
+                self.problems.warning("ring full: dropping UDP datagrams",
+                                      f"{counters.udp_dropped_ring_full} dropped so far",
+                                      count=ring_full)
+            if drained:
+                return
+
+    def _on_gelf_datagrams(self, bound: BoundSocket) -> None:
         counters = self.counters
         stats = counters.port("udp", bound.port)
         datagram_view = self.datagram_view
@@ -207,16 +241,10 @@ class Listener:
                 self.problems.warning(f"UDP port {bound.port}: receive failed",
                                       error.strerror or "")
                 return
-            if self.gelf_chunks is None:
-                message, truncated = frame_datagram(data, max_size)
-                if not message:
-                    counters.empty_datagrams += 1
-                    continue
-            else:
-                decoded = self._gelf_datagram(data)
-                if decoded is None:
-                    continue
-                message, truncated = decoded
+            decoded = self._gelf_datagram(data)
+            if decoded is None:
+                continue
+            message, truncated = decoded
             stats.truncated += truncated
             receive_ms = int(time.time() * 1000)
             if self.ring.write_batch([message], 0, self.source_of(address), bound.port,

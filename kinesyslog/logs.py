@@ -27,14 +27,18 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, what: str, detail: str = "") -> None:
+    def warning(self, what: str, detail: str = "", count: int = 1) -> None:
+        """Reports ``count`` occurrences of a problem: one line, or none within the interval
+        (they are counted for the next line)."""
         now = time.monotonic()
         last = self._last.get(what)
         if last is not None and now - last < self._interval:
-            self._suppressed[what] = self._suppressed.get(what, 0) + 1
+            self._suppressed[what] = self._suppressed.get(what, 0) + count
             return
         self._last[what] = now
         suppressed = self._suppressed.pop(what, 0)
+        if count > 1:  # this line reports one of them; the others count as "more"
+            self._suppressed[what] = count - 1
         more = f" ({suppressed} more since the last report)" if suppressed else ""
         self._logger.warning("%s%s%s", what, f": {detail}" if detail else "", more)
 

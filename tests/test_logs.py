@@ -29,3 +29,15 @@ def test_the_last_window_is_reported_too(caplog: pytest.LogCaptureFixture) -> No
         "other: x",
         "other: 1 more since the last report",
     ]
+
+
+def test_a_count_adds_up_like_that_many_calls(caplog: pytest.LogCaptureFixture) -> None:
+    problems = RateLimitedLog(logging.getLogger("test.counted"), interval=60.0)
+    with caplog.at_level(logging.WARNING, logger="test.counted"):
+        problems.warning("ring full", "64 dropped", count=64)
+        problems.warning("ring full", "100 dropped", count=36)
+        problems.flush(force=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        "ring full: 64 dropped",
+        "ring full: 99 more since the last report",
+    ]

@@ -449,6 +449,16 @@ cdef class GelfStreamFramer(_Framer):
         return 0
 
 
+cdef Py_ssize_t datagram_length(const unsigned char* p, Py_ssize_t n) noexcept:
+    """The length of the message in a datagram of n bytes: without one trailing CR LF, LF or
+    NUL (before any cut at the size limit)."""
+    if n > 0 and (p[n - 1] == LF or p[n - 1] == 0):
+        n -= 1
+        if p[n] == LF and n > 0 and p[n - 1] == CR:
+            n -= 1
+    return n
+
+
 def frame_datagram(data, Py_ssize_t max_message_size) -> tuple:
     """One UDP datagram is one message (RFC 5426 §3.1); drop one trailing CRLF, LF or NUL."""
     cdef Py_buffer view
@@ -460,11 +470,7 @@ def frame_datagram(data, Py_ssize_t max_message_size) -> tuple:
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         p = <const unsigned char*>view.buf
-        n = view.len
-        if n > 0 and (p[n - 1] == LF or p[n - 1] == 0):
-            n -= 1
-            if p[n] == LF and n > 0 and p[n - 1] == CR:
-                n -= 1
+        n = datagram_length(p, view.len)
         if n > max_message_size:
             n = max_message_size
             truncated = True

@@ -383,7 +383,8 @@ cdef bint _parse_ipv6(const uint8_t* s, Py_ssize_t n, uint8_t* out) noexcept:
     return True
 
 
-cdef Py_ssize_t _format_ipv4(const uint8_t* a, char* out) noexcept:
+cdef Py_ssize_t format_ipv4(const uint8_t* a, char* out) noexcept:
+    """Dotted decimal without leading zeros into out (at least 15 bytes); its length."""
     cdef Py_ssize_t k = 0
     cdef int i, v
     for i in range(4):
@@ -414,7 +415,7 @@ cdef str _ipv6_text(const uint8_t* a):
         groups[i] = (a[2 * i] << 8) | a[2 * i + 1]
     if groups[0] == 0 and groups[1] == 0 and groups[2] == 0 and groups[3] == 0 \
             and groups[4] == 0 and groups[5] == 0xFFFF:
-        k = _format_ipv4(a + 12, out)
+        k = format_ipv4(a + 12, out)
         return PyUnicode_DecodeASCII(out, k, NULL)
     for i in range(8):
         run = run + 1 if groups[i] == 0 else 0
@@ -507,9 +508,9 @@ cdef ProxyHeader _v2_addresses(const uint8_t* a, int family, str transport):
     cdef char text[16]
     cdef Py_ssize_t k
     if family == 1:
-        k = _format_ipv4(a, text)
+        k = format_ipv4(a, text)
         source = PyUnicode_DecodeASCII(text, k, NULL)
-        k = _format_ipv4(a + 4, text)
+        k = format_ipv4(a + 4, text)
         destination = PyUnicode_DecodeASCII(text, k, NULL)
         return _header(2, PROXY, TCP4, transport, source, (a[8] << 8) | a[9],
                        destination, (a[10] << 8) | a[11])
@@ -590,7 +591,7 @@ def address_text(str host not None) -> str:
     text, separator, scope = host.partition("%")
     raw = text.encode("ascii", "replace")
     if _parse_ipv4(<const uint8_t*>raw, len(raw), address):
-        k = _format_ipv4(address, out)
+        k = format_ipv4(address, out)
         text = PyUnicode_DecodeASCII(out, k, NULL)
     elif _parse_ipv6(<const uint8_t*>raw, len(raw), address):
         text = _ipv6_text(address)

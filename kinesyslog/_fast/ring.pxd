@@ -1,5 +1,6 @@
 # Declarations of the ring (ring.pyx), cimported by events.pyx: the worker encodes events
-# straight from the mapped entries, without a Python object per entry.
+# straight from the mapped entries, without a Python object per entry; and by udp.pyx: the
+# listener appends datagrams straight from its receive buffers.
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -111,9 +112,15 @@ cdef class Ring:
     cdef uint64_t _max_entry
     cdef uint64_t _read_pos  # the consumer's private cursor
     cdef readonly Py_ssize_t last_written_bytes  # message bytes of the last write_batch
+    cdef uint64_t _append_pos  # end of the entries append_entry wrote but did not publish
+    cdef bint _appended  # whether there are such entries
 
     cdef int _map_file(self, int fd) except -1
     cdef int _validate(self) except -1
     cdef int _check_open(self) except -1
     cdef int next_entry(self, uint64_t write_pos, RingEntry *entry) noexcept
     cdef uint64_t published(self) noexcept
+    cdef int append_entry(self, const char *source, uint8_t source_length,
+                          const char *message, uint32_t message_length,
+                          int64_t receive_ms, uint16_t port, uint8_t kind) noexcept
+    cdef void publish(self) noexcept

@@ -1,10 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """A crash-safe single-producer/single-consumer queue over a memory-mapped file.
 
-The listener process appends entries (write_batch); the worker, forked from it or opened
-on the same path, reads them (read_batch) and commits its position only once what it read
-is durable elsewhere. Entries not committed stay in the file: a process killed at any point
-loses nothing, and the next open replays from the committed position.
+The listener process appends entries (write_batch, or from C append_entry then publish);
+the worker, forked from it or opened on the same path, reads them (read_batch) and commits
+its position only once what it read is durable elsewhere. Entries not committed stay in
+the file: a process killed at any point loses nothing, and the next open replays from the
+committed position.
 
 File layout (native byte order; the file never leaves the host that wrote it):
 
@@ -220,7 +221,8 @@ cdef class Ring:
         cdef const char *source_data = PyBytes_AS_STRING(source)
         cdef Py_ssize_t i = start
         cdef object message
-        cdef uint64_t cap, write_pos, free, offset, size, room, message_length
+        cdef uint64_t message_length
+        cdef int appended
         self._check_open()
         if start < 0 or start > n:
             raise ValueError(f"start {start} out of range for {n} messages")
@@ -230,9 +232,6 @@ cdef class Ring:
             raise ValueError(f"port {port} out of range 0..65535")
         if not 0 <= kind <= 0xFF:
             raise ValueError(f"kind {kind} out of range 0..255")
-        cap = self._cap
-        write_pos = ksy_load64(&self._header.write_pos)
-        free = cap - (write_pos - ksy_load64(&self._header.commit_pos))
         self.last_written_bytes = 0
         while i < n:
             message = <object>PyList_GET_ITEM(messages, i)
@@ -241,37 +240,65 @@ cdef class Ring:
                     raise TypeError(f"messages[{i}] is {type(message).__name__}, not bytes")
                 break
             message_length = <uint64_t>PyBytes_GET_SIZE(message)
-            size = ksy_entry_size(message_length, source_length)
-            if size > self._max_entry:
+            appended = -1 if message_length > MAX_ENTRY_FIELD else self.append_entry(
+                source_data, <uint8_t>source_length, PyBytes_AS_STRING(message),
+                <uint32_t>message_length, receive_ms, <uint16_t>port, <uint8_t>kind)
+            if appended == -1:
                 if i == start:
                     raise ValueError(
                         f"a {message_length}-byte message never fits in the ring "
                         f"(entries up to {self._max_entry} bytes)"
                     )
                 break
-            offset = write_pos % cap
-            room = cap - offset
-            if size > room:
-                if room + size > free:
-                    break
-                ksy_put_wrap(self._data + offset)
-                write_pos += room
-                free -= room
-                offset = 0
-            elif size > free:
+            if appended == 0:
                 break
-            ksy_put_entry(
-                self._data + offset, <uint32_t>size, receive_ms, <uint16_t>port, <uint8_t>kind,
-                source_data, <uint8_t>source_length,
-                PyBytes_AS_STRING(message), <uint32_t>message_length,
-            )
-            write_pos += size
-            free -= size
             self.last_written_bytes += message_length
             i += 1
-        if i > start:
-            ksy_store64(&self._header.write_pos, write_pos)
+        self.publish()
         return i - start
+
+    cdef int append_entry(self, const char *source, uint8_t source_length,
+                          const char *message, uint32_t message_length,
+                          int64_t receive_ms, uint16_t port, uint8_t kind) noexcept:
+        """Copy one entry in after those appended since the last publish(), without
+        publishing it: C callers (udp.pyx) fill the ring from their own buffers and publish
+        once per batch, as write_batch does. 1: written; 0: no room now; -1: the entry can
+        never fit (over capacity / 4).
+
+        The ring must be open, and write_batch must not run between append_entry and
+        publish (it would write over the unpublished entries)."""
+        cdef uint64_t cap = self._cap
+        cdef uint64_t write_pos, free, offset, room
+        cdef uint64_t size = ksy_entry_size(message_length, source_length)
+        if size > self._max_entry:
+            return -1
+        if self._appended:
+            write_pos = self._append_pos
+        else:
+            write_pos = ksy_load64(&self._header.write_pos)
+        free = cap - (write_pos - ksy_load64(&self._header.commit_pos))
+        offset = write_pos % cap
+        room = cap - offset
+        if size > room:
+            if room + size > free:
+                return 0
+            ksy_put_wrap(self._data + offset)
+            write_pos += room
+            offset = 0
+        elif size > free:
+            return 0
+        ksy_put_entry(self._data + offset, <uint32_t>size, receive_ms, port, kind,
+                      source, source_length, message, message_length)
+        self._append_pos = write_pos + size
+        self._appended = True
+        return 1
+
+    cdef void publish(self) noexcept:
+        """Make the entries append_entry wrote visible to the consumer: one release store of
+        write_pos after all their bytes, as write_batch does for its batch."""
+        if self._appended:
+            ksy_store64(&self._header.write_pos, self._append_pos)
+            self._appended = False
 
     def free_bytes(self) -> int:
         """Bytes the producer may still use; space is freed by commit, not by reading."""
