@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -25,11 +26,12 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.harness import ports, wait_relay
-from tests.e2e.relay_process import Relay, decode_records, events_of
+from tests.e2e.relay_process import Relay, decode_records, events_of, wait_for
 
 Event = tuple[str, str, dict]  # (logGroup, logStream, event)
 WAIT_TIMEOUT = 20.0  # seconds for the messages of one test to reach the output directory
 STOP_TIMEOUT = 10.0  # seconds a sender gets to exit after SIGTERM, and after SIGKILL
+START_TIMEOUT = 15.0  # seconds a sender gets to listen on its input
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,6 +62,21 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.kill(process.pid, signal.SIGKILL)
         process.wait(STOP_TIMEOUT)
+
+
+def wait_listening(process: subprocess.Popen[bytes], host: str, port: int, what: str,
+                   log: Path | None = None) -> None:
+    """Waits (bounded) until ``host:port`` accepts a connection (opened and closed again);
+    fails at once, with the log, if the sender exits meanwhile."""
+    def listening() -> bool:
+        if process.poll() is not None:
+            text = log.read_text(errors="replace") if log is not None and log.exists() else ""
+            raise AssertionError(f"{what}: the process exited ({process.returncode}): {text}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return True
+        return False
+
+    wait_for(listening, START_TIMEOUT, interval=0.05, message=what)
 
 
 @dataclass

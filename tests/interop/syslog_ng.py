@@ -14,21 +14,18 @@ import contextlib
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.relay_process import wait_for
-from tests.interop.conftest import stop_process
+from tests.interop.conftest import stop_process, wait_listening
 
 PACKAGE = "syslog-ng-core"
 CACHE = Path(__file__).resolve().parents[2] / "build" / "interop"
 APT_TIMEOUT = 60.0
 DOWNLOAD_TIMEOUT = 300.0
-START_TIMEOUT = 15.0
 # apt-cache depends, keeping only the relations a program needs at run time
 DEPENDS = ["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts",
            "--no-breaks", "--no-replaces", "--no-enhances"]
@@ -202,14 +199,7 @@ def running(syslog_ng: SyslogNg, work: Path, config: str,
         process = subprocess.Popen(syslog_ng.command(work, conf), stdin=subprocess.DEVNULL,
                                    stdout=output, stderr=output, env=syslog_ng.env())
     try:
-        def listening() -> bool:
-            assert process.poll() is None, f"syslog-ng exited: {log.read_text()}"
-            with contextlib.suppress(OSError), \
-                    socket.create_connection(("127.0.0.1", input_port), timeout=1):
-                return True
-            return False
-
-        wait_for(listening, START_TIMEOUT, interval=0.05, message="syslog-ng's network source")
+        wait_listening(process, "127.0.0.1", input_port, "syslog-ng's network source", log)
         try:
             yield process
         except AssertionError as error:

@@ -33,9 +33,15 @@ import pytest
 
 from tests.certs import issue, make_ca
 from tests.chaos.harness import ports, wait_relay
-from tests.e2e.relay_process import wait_for
 from tests.e2e.test_metrics import fetch, sample
-from tests.interop.conftest import Event, RelayUnderTest, require, running_relay, stop_process
+from tests.interop.conftest import (
+    Event,
+    RelayUnderTest,
+    require,
+    running_relay,
+    stop_process,
+    wait_listening,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -44,7 +50,6 @@ CHUNKS = 7  # the messages go out in this many writes, cut at arbitrary byte off
 CLIENT = "127.0.0.5"  # the sender's source address: the logStream expected
 FRONTEND = "127.0.0.7"  # HAProxy's listening address
 RELAY = "127.0.0.1"
-START_TIMEOUT = 15.0
 SOCKET_TIMEOUT = 10.0
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 TEXT = "grüße, Καλημέρα, 日本語 ✓"
@@ -153,18 +158,11 @@ def haproxy(tmp_path: Path, front_port: int, relay_port: int, proxy: str) -> Ite
                                    env={"PATH": "/usr/bin:/bin"})
     running = HAProxy(process, log)
 
-    def listening() -> bool:
-        assert process.poll() is None, f"haproxy exited ({process.returncode})"
-        # A plain connect and close: HAProxy passes it on as a header and a close, which the
-        # relay must take without an event (it is also what a health check does).
-        with contextlib.suppress(OSError), \
-                socket.create_connection((FRONTEND, front_port), timeout=1):
-            return True
-        return False
-
     try:
         try:
-            wait_for(listening, START_TIMEOUT, interval=0.05, message="haproxy's frontend")
+            # A plain connect and close: HAProxy passes it on as a header and a close, which
+            # the relay must take without an event (it is also what a health check does).
+            wait_listening(process, FRONTEND, front_port, "haproxy's frontend", log)
             yield running
         except AssertionError as error:
             raise AssertionError(f"{error}{running.log}") from None

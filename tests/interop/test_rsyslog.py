@@ -36,12 +36,13 @@ from tests.interop.conftest import (
     require,
     running_relay,
     stop_process,
+    wait_listening,
 )
 
 pytestmark = pytest.mark.interop
 
 COUNT = 100
-START_TIMEOUT = 15.0
+ACTION_TIMEOUT = 15.0  # seconds for what rsyslogd should do (a refused handshake, a queue file)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ACTIONS = {  # mode: omfwd parameters
     "tcp-octet-counted": 'protocol="tcp" TCP_Framing="octet-counted" '
@@ -103,14 +104,7 @@ def rsyslogd(work: Path, input_port: int, relay_port: int,
                                    stdin=subprocess.DEVNULL, stdout=output, stderr=output,
                                    env={"TZ": "UTC", "PATH": "/usr/bin:/bin"})
     try:
-        def listening() -> bool:
-            assert process.poll() is None, f"rsyslogd exited: {log.read_text()}"
-            with contextlib.suppress(OSError), \
-                    socket.create_connection(("127.0.0.1", input_port), timeout=1):
-                return True
-            return False
-
-        wait_for(listening, START_TIMEOUT, interval=0.05, message="rsyslogd's imtcp input")
+        wait_listening(process, "127.0.0.1", input_port, "rsyslogd's imtcp input", log)
         yield process
     finally:
         stop_process(process)
@@ -235,7 +229,7 @@ def test_rsyslog_without_a_trusted_client_certificate_is_refused(
         Batch.of("refused", count=10).send(input_port)
         wait_for(lambda: metric(scrape(metrics_port), "kinesyslog_connections_rejected_total",
                                 reason="tls_handshake") >= 1,
-                 START_TIMEOUT, interval=0.2, message="a refused TLS handshake")
+                 ACTION_TIMEOUT, interval=0.2, message="a refused TLS handshake")
         events = relay.finish(0)
     assert events == [], f"a refused sender's messages were written: {events[:3]}"
 
@@ -258,7 +252,7 @@ def test_rsyslog_disk_assisted_queue_resends_after_the_relay_restarts(tmp_path: 
             first.send(input_port)
             relay.wait_events(50)
         second.send(input_port)
-        wait_for(lambda: any(work.glob("to_relay.0*")), START_TIMEOUT, interval=0.1,
+        wait_for(lambda: any(work.glob("to_relay.0*")), ACTION_TIMEOUT, interval=0.1,
                  message=f"rsyslogd's queue file in {work}")
         with running_relay(tmp_path, relay_port, listen) as restarted:
             events = restarted.finish(100)
