@@ -95,7 +95,6 @@ cdef class DatagramReceiver:
     cdef readonly Py_ssize_t max_message_size
     cdef readonly Py_ssize_t batch
     cdef readonly Py_ssize_t buffer_size
-    cdef bint _cut_when_longer  # buffers are max_message_size + 2 bytes, not UDP_RECV_SIZE
     cdef char *_buffers
     cdef iovec *_iovecs
     cdef sockaddr_in6 *_names  # big enough for sockaddr_in as well
@@ -127,7 +126,6 @@ cdef class DatagramReceiver:
         self.max_message_size = max_message_size
         self.batch = batch
         self.buffer_size = min(max_message_size + 2, RECV_SIZE)
-        self._cut_when_longer = self.buffer_size < RECV_SIZE
         self._source_cache_size = source_cache_size
         self._ipv6_sources = {}
         self._last_address_length = 0
@@ -195,9 +193,9 @@ cdef class DatagramReceiver:
                 header = &self._headers[i]
                 data = <const unsigned char *>self._iovecs[i].iov_base
                 length = datagram_length(data, header.msg_len)
-                if length > max_size or (
-                    self._cut_when_longer and header.msg_hdr.msg_flags & MSG_TRUNC
-                ):
+                # MSG_TRUNC: longer than the buffer (never with a RECV_SIZE buffer, which
+                # holds the largest datagram), so longer than the limit.
+                if length > max_size or header.msg_hdr.msg_flags & MSG_TRUNC:
                     length = max_size
                     truncated += 1
                 elif length == 0:

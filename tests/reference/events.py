@@ -13,10 +13,10 @@ import operator
 import secrets
 import time
 from array import array
-from itertools import accumulate
 from typing import Union
 
 from kinesyslog.constants import EVENT_ID_DIGITS, KIND_GELF
+from kinesyslog.records import joined
 from tests.reference.gelf import gelf_timestamp, is_json_object
 from tests.reference.syslog import TimestampExtractor
 
@@ -136,9 +136,7 @@ class EventBuffers:
         empty."""
         taken = []
         for key, events in self._groups.items():
-            body = b", ".join(events)
-            ends = array("q", [end - 2 for end in accumulate(len(event) + 2
-                                                                for event in events)])
-            taken.append((key, body, ends.tobytes()))
+            body, ends = joined(events)
+            taken.append((key, body, array("q", ends).tobytes()))
         self._reset()
         return taken
