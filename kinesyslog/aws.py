@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +24,12 @@ _CREDENTIAL_ERRORS = frozenset({
     "SignatureDoesNotMatch", "ExpiredTokenException", "ExpiredToken", "IncompleteSignature",
     "MissingAuthenticationToken", "NoCredentialsError", "PartialCredentialsError",
 })
-_PERMANENT_ERRORS = _CREDENTIAL_ERRORS | {"ResourceNotFoundException"}
+# Kinesis answers these per record for a stream encrypted with a KMS key it cannot use.
+_KMS_ERRORS = frozenset({
+    "KMSAccessDeniedException", "KMSDisabledException", "KMSNotFoundException",
+    "KMSInvalidStateException", "KMSOptInRequired",
+})
+_PERMANENT_ERRORS = _CREDENTIAL_ERRORS | _KMS_ERRORS | {"ResourceNotFoundException"}
 
 
 def is_permanent_error(code: str) -> bool:
@@ -102,55 +109,98 @@ def client(session: Any, service: str, settings: AwsOptions, connect_timeout: fl
     # One attempt per call ("max_attempts" would count retries only): the uploader retries.
     config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
                     retries={"total_max_attempts": 1, "mode": "standard"})
-    # --endpoint-url is Firehose's only; without it boto3 reads AWS_ENDPOINT_URL[_<SERVICE>].
-    endpoint_url = settings.endpoint_url if service == "firehose" else None
+    # --endpoint-url is the destination's (Firehose or Kinesis) only; without it boto3 reads
+    # AWS_ENDPOINT_URL[_<SERVICE>].
+    endpoint_url = settings.endpoint_url if service in ("firehose", "kinesis") else None
     try:
         return session.client(service, config=config, endpoint_url=endpoint_url)
     except ValueError as error:  # botocore: "Invalid endpoint: …"
         raise StreamCheckError(f"--endpoint-url {endpoint_url}: {error}; give a URL such as "
-                               "https://firehose.us-east-1.amazonaws.com") from None
+                               f"https://{service}.us-east-1.amazonaws.com") from None
+
+
+@dataclass(frozen=True)
+class _Destination:
+    option: str  # the command-line option that names the stream
+    kind: str  # what AWS calls the stream
+    service: str  # for the log
+    permissions: str  # what the credentials need
+
+
+_FIREHOSE = _Destination("--stream", "delivery stream", "Firehose",
+                         "firehose:DescribeDeliveryStream and firehose:PutRecordBatch")
+_KINESIS = _Destination("--kinesis-stream", "data stream", "Kinesis",
+                        "kinesis:DescribeStreamSummary and kinesis:PutRecords")
 
 
 def check_stream(firehose: Any, stream: str) -> str | None:
     """Describes the delivery stream. Raises StreamCheckError when nothing could ever be
     delivered; returns a warning when the check itself failed (the relay starts anyway)."""
+    response = _describe(
+        lambda: firehose.describe_delivery_stream(DeliveryStreamName=stream), _FIREHOSE,
+        stream, firehose.meta.region_name)
+    if isinstance(response, str):
+        return response
+    status = response.get("DeliveryStreamDescription", {}).get("DeliveryStreamStatus")
+    if status != "ACTIVE":
+        return f"delivery stream {stream} is {status}; records are spooled until it is ACTIVE"
+    return None
+
+
+def check_kinesis_stream(kinesis: Any, stream: str) -> str | None:
+    """Describes the data stream (DescribeStreamSummary), as check_stream does the delivery
+    stream."""
+    region = kinesis.meta.region_name
+    response = _describe(lambda: kinesis.describe_stream_summary(StreamName=stream), _KINESIS,
+                         stream, region)
+    if isinstance(response, str):
+        return response
+    summary = response.get("StreamDescriptionSummary", {})
+    status = summary.get("StreamStatus")
+    if status not in ("ACTIVE", "UPDATING"):  # UPDATING (resharding) takes records
+        return f"data stream {stream} is {status}; records are spooled until it is ACTIVE"
+    log.info("data stream %s in region %s: %s, %s open shard(s)", stream, region, status,
+             summary.get("OpenShardCount", "?"))
+    return None
+
+
+def _describe(call: Callable[[], Any], destination: _Destination, stream: str,
+              region: str) -> dict[str, Any] | str:
+    """The answer of a describe call, or a warning when the check itself failed; raises
+    StreamCheckError when nothing could ever be delivered."""
     from botocore import exceptions
 
-    region = firehose.meta.region_name
+    option, kind = destination.option, destination.kind
     try:
-        response = firehose.describe_delivery_stream(DeliveryStreamName=stream)
+        return dict(call())
     except exceptions.ClientError as error:
         code = error_code(error)
         message = error.response.get("Error", {}).get("Message", "")
         if code == "ResourceNotFoundException":
             raise StreamCheckError(
-                f"--stream {stream}: delivery stream not found in region {region}; "
-                "create it or fix --stream/--region") from None
+                f"{option} {stream}: {kind} not found in region {region}; "
+                f"create it or fix {option}/--region") from None
         if code.startswith("AccessDenied"):
             raise StreamCheckError(
-                f"--stream {stream}: access denied ({message}); allow "
-                "firehose:DescribeDeliveryStream and firehose:PutRecordBatch on the stream "
-                "for the credentials in use (--profile)") from None
+                f"{option} {stream}: access denied ({message}); allow "
+                f"{destination.permissions} on the stream for the credentials in use "
+                "(--profile)") from None
         if code in _CREDENTIAL_ERRORS:
             raise StreamCheckError(
                 f"AWS rejected the credentials ({code}: {message}); fix --profile or "
                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the instance role") from None
         if code in ("ValidationException", "InvalidArgumentException"):
-            raise StreamCheckError(f"--stream {stream}: {message}; fix --stream") from None
-        return (f"could not check delivery stream {stream} in region {region} ({code}: "
-                f"{message}); records are spooled until Firehose accepts them")
+            raise StreamCheckError(f"{option} {stream}: {message}; fix {option}") from None
+        return (f"could not check {kind} {stream} in region {region} ({code}: "
+                f"{message}); records are spooled until {destination.service} accepts them")
     except (exceptions.NoCredentialsError, exceptions.PartialCredentialsError,
             exceptions.CredentialRetrievalError) as error:
         raise StreamCheckError(
             f"no usable AWS credentials ({error}): use --profile, set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, or run with an instance role") from None
     except exceptions.BotoCoreError as error:
-        return (f"could not check delivery stream {stream} in region {region} ({error}); "
-                "records are spooled until Firehose answers")
-    status = response.get("DeliveryStreamDescription", {}).get("DeliveryStreamStatus")
-    if status != "ACTIVE":
-        return f"delivery stream {stream} is {status}; records are spooled until it is ACTIVE"
-    return None
+        return (f"could not check {kind} {stream} in region {region} ({error}); "
+                f"records are spooled until {destination.service} answers")
 
 
 def get_owner(sts: Any, spool_dir: Path) -> str:

@@ -29,7 +29,7 @@ PORTS = {"type": int, "multiple": True, "metavar": "PORT"}
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="kinesyslog")
 def cli() -> None:
-    """Syslog and GELF relay to Amazon Kinesis Data Firehose."""
+    """Syslog and GELF relay to Amazon Kinesis Data Firehose or Kinesis Data Streams."""
 
 
 @cli.command()
@@ -60,7 +60,17 @@ def cli() -> None:
         "May be repeated.", **PORTS)
 @option("output-dir", type=click.Path(file_okay=False, path_type=Path),
         help="Write finished records into this directory instead of Firehose (no AWS access).")
-@option("endpoint-url", help="Firehose endpoint URL (VPC endpoint, test server).")
+@option("kinesis-stream", help="Send to this Kinesis data stream instead of Firehose "
+        "(PutRecords).")
+@option("kinesis-format", type=click.Choice(constants.KINESIS_FORMATS), default="cwl",
+        help="Kinesis records: gzip CloudWatch-Logs-style (cwl), or one KPL user record per "
+        "event, aggregated (kpl).")
+@option("kinesis-compress", is_flag=True, help="Gzip each KPL user record "
+        "(--kinesis-format kpl).")
+@option("partition-key", type=click.Choice(constants.PARTITION_KEY_MODES), default="source",
+        help="Kinesis partition key: the sender's address (one shard per sender, in order), "
+        "the log group, or random.")
+@option("endpoint-url", help="Firehose or Kinesis endpoint URL (VPC endpoint, test server).")
 @option("max-message-size", type=int, default=constants.DEFAULT_MAX_MESSAGE_SIZE,
         help="Longer messages are truncated to this many bytes.")
 @option("flush-size", type=int, default=constants.DEFAULT_FLUSH_SIZE,
@@ -84,7 +94,7 @@ def cli() -> None:
         help="Accepted for compatibility with 2.x; there is no asyncio to debug.")
 @click.pass_context
 def listen(ctx: click.Context, **options: Any) -> None:
-    """Receive syslog and relay it to Firehose."""
+    """Receive syslog and relay it to Firehose or Kinesis Data Streams."""
     tls_source = ctx.get_parameter_source("tls_port")
     options.pop("debug_asyncio")
     config = Config(

@@ -13,6 +13,9 @@ from pathlib import Path
 from kinesyslog import constants
 
 ROLE_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+KINESIS_STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
+# The longest log group is the prefix + "/syslog/65535".
+LONGEST_GROUP_SUFFIX = len("/syslog/65535")
 
 
 class ConfigError(Exception):
@@ -41,6 +44,10 @@ class Config:
     prometheus_ports: tuple[int, ...] = ()
     debug: bool = False
     output_dir: Path | None = None
+    kinesis_stream: str | None = None
+    kinesis_format: str = "cwl"
+    kinesis_compress: bool = False
+    partition_key: str = "source"
     endpoint_url: str | None = None
     max_message_size: int = constants.DEFAULT_MAX_MESSAGE_SIZE
     flush_size: int = constants.DEFAULT_FLUSH_SIZE
@@ -65,6 +72,13 @@ class Config:
     @property
     def message_format(self) -> str:
         return "gelf" if self.gelf else "syslog"
+
+    @property
+    def destination(self) -> str:
+        """Where records go: "kinesis", "directory" or "firehose" (a metric label)."""
+        if self.kinesis_stream:
+            return "kinesis"
+        return "directory" if self.output_dir is not None else "firehose"
 
 
 def _ports(option: str, values: tuple[int, ...]) -> tuple[int, ...]:
@@ -101,6 +115,38 @@ def _between(option: str, value: float, low: float, high: float, unit: str = "")
                           f"use a value from {low:g} to {high:g}{unit}")
 
 
+def _check_destination(config: Config) -> None:
+    """Exactly one of --stream, --kinesis-stream and --output-dir, and the Kinesis options
+    only with --kinesis-stream."""
+    if config.kinesis_stream is not None:
+        if config.stream:
+            raise ConfigError("--kinesis-stream: exclusive with --stream; give one destination "
+                              "(Kinesis Data Streams or Firehose)")
+        if config.output_dir is not None:
+            raise ConfigError("--kinesis-stream: exclusive with --output-dir; give one "
+                              "destination")
+        if not KINESIS_STREAM_NAME.match(config.kinesis_stream):
+            raise ConfigError(f"--kinesis-stream {config.kinesis_stream!r}: not a stream name; "
+                              "use 1-128 letters, digits, '_', '-' or '.'")
+        if config.kinesis_compress and config.kinesis_format != "kpl":
+            raise ConfigError("--kinesis-compress: gzips KPL user records, and cwl records are "
+                              "gzipped already; add --kinesis-format kpl or remove it")
+        longest_prefix = constants.KINESIS_MAX_PARTITION_KEY_CHARS - LONGEST_GROUP_SUFFIX
+        if config.partition_key == "group" and len(config.group_prefix) > longest_prefix:
+            raise ConfigError(f"--group-prefix: {len(config.group_prefix)} characters make log "
+                              "groups too long for a Kinesis partition key; use at most "
+                              f"{longest_prefix} characters, or another --partition-key")
+        return
+    if config.kinesis_format != "cwl" or config.kinesis_compress or \
+            config.partition_key != "source":
+        raise ConfigError("--kinesis-format/--kinesis-compress/--partition-key: only used with "
+                          "--kinesis-stream; give --kinesis-stream or remove them")
+    if config.output_dir is None and not config.stream:
+        raise ConfigError("--stream: missing; name the Firehose delivery stream "
+                          "(or KINESYSLOG_STREAM), or a Kinesis data stream with "
+                          "--kinesis-stream, or write records locally with --output-dir")
+
+
 def validate(config: Config, *, tls_port_explicit: bool) -> Config:
     """Checks every option, creates the directories; returns the normalized Config."""
     udp = _ports("--udp-port", config.udp_ports)
@@ -115,9 +161,7 @@ def validate(config: Config, *, tls_port_explicit: bool) -> Config:
         raise ConfigError(f"--address {config.address!r}: not an IP address; "
                           "use e.g. 0.0.0.0, 127.0.0.1 or :: (IPv6 and IPv4)") from None
 
-    if config.output_dir is None and not config.stream:
-        raise ConfigError("--stream: missing; name the Firehose delivery stream "
-                          "(or KINESYSLOG_STREAM), or write records locally with --output-dir")
+    _check_destination(config)
 
     has_tls_material = config.cert is not None or config.key is not None
     if tls and not has_tls_material and tls_port_explicit:

@@ -6,6 +6,15 @@ FIREHOSE_MAX_RECORD_BYTES = 1_024_000
 FIREHOSE_MAX_BATCH_RECORDS = 500
 FIREHOSE_MAX_BATCH_BYTES = 4 * 1024 * 1024
 
+# Kinesis Data Streams service limits (PutRecords). A record's size counts its data and its
+# partition key (UTF-8); a partition key is 1 to 256 characters.
+KINESIS_MAX_RECORD_BYTES = 1024 * 1024
+KINESIS_MAX_BATCH_RECORDS = 500
+KINESIS_MAX_BATCH_BYTES = 5 * 1024 * 1024
+KINESIS_MAX_PARTITION_KEY_CHARS = 256
+KINESIS_FORMATS = ("cwl", "kpl")  # --kinesis-format (kinesis.py)
+PARTITION_KEY_MODES = ("source", "group", "random")  # --partition-key (kinesis.py)
+
 # Input limits.
 DEFAULT_MAX_MESSAGE_SIZE = 65_536
 MAX_MAX_MESSAGE_SIZE = 900 * 1024
@@ -52,6 +61,7 @@ DEFAULT_SPOOL_MAX_SIZE = 1024**3
 SPOOL_RESUME_FRACTION = 0.9
 SPOOL_RECORD_PREFIX = "record-"
 SPOOL_RECORD_SUFFIX = ".gz"
+SPOOL_KINESIS_SUFFIX = ".kds"  # a Kinesis Data Streams record with its partition key
 SPOOL_TEMP_PREFIX = ".tmp-"
 SPOOL_LEGACY_PREFIX = "firehose_event-"
 SPOOL_LEGACY_TEMP_PREFIX = "_temp_firehose_event-"  # 2.0.1's temporary files

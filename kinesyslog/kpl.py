@@ -41,12 +41,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from kinesyslog.constants import KINESIS_MAX_PARTITION_KEY_CHARS as MAX_PARTITION_KEY_CHARS
+from kinesyslog.constants import KINESIS_MAX_RECORD_BYTES
+
 MAGIC = b"\xf3\x89\x9a\xc2"
 DIGEST_SIZE = 16  # MD5
-# PutRecords: data plus partition key (UTF-8) of one record.
-KINESIS_MAX_RECORD_BYTES = 1024 * 1024
-# Kinesis partition keys are 1 to 256 characters.
-MAX_PARTITION_KEY_CHARS = 256
 
 # Protobuf tags: (field number << 3) | wire type.
 _WIRE_VARINT = 0
@@ -146,13 +145,7 @@ class Aggregator:
         full: list[KinesisRecord] = []
         index = self._keys.get(partition_key)
         if self._user_records:
-            grown = self._size
-            if index is None:
-                grown += _field_size(len(key))
-                new_index = len(self._keys)
-            else:
-                new_index = index
-            grown += _field_size(1 + _varint_size(new_index) + _field_size(data_size))
+            grown = self._grown_size(partition_key, key, data_size)
             if grown > self.max_bytes:
                 full = self.flush()
                 index = None
@@ -173,6 +166,23 @@ class Aggregator:
         self._record_fields.append(bytes(data))
         self._user_records += 1
         return full
+
+    def fits(self, partition_key: str, data: bytes) -> bool:
+        """Whether ``add`` would put this user record into the open aggregated record (an
+        empty aggregator takes any that fits alone)."""
+        if not self._user_records:
+            return True
+        key = partition_key.encode()
+        return self._grown_size(partition_key, key, len(data)) <= self.max_bytes
+
+    def _grown_size(self, partition_key: str, key: bytes, data_size: int) -> int:
+        """The open record's size once this user record is in it."""
+        index = self._keys.get(partition_key)
+        grown = self._size
+        if index is None:
+            grown += _field_size(len(key))
+            index = len(self._keys)
+        return grown + _field_size(1 + _varint_size(index) + _field_size(data_size))
 
     def flush(self) -> list[KinesisRecord]:
         """The open aggregated record, if it holds any user record; the aggregator is then

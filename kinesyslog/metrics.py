@@ -44,12 +44,14 @@ class Metrics:
 
     def __init__(self) -> None:
         # kinesyslog 2.0.1's metrics (names and types kept).
+        # The upload side's have a "destination" label: firehose, kinesis or directory.
         self.BATCH_BYTES = _Histogram("kinesyslog_batch_bytes", "Kinesis batch request size",
-                                      buckets=SIZE_BUCKETS)
+                                      ["destination"], buckets=SIZE_BUCKETS)
         self.BATCH_RECORD_FAILED = _Counter("kinesyslog_batch_record_failed",
-                                            "Kinesis batch record failures")
+                                            "Kinesis batch record failures", ["destination"])
         self.BATCH_RECORDS = _Histogram("kinesyslog_batch_records",
-                                        "Kinesis batch record count", buckets=COUNT_BUCKETS)
+                                        "Kinesis batch record count", ["destination"],
+                                        buckets=COUNT_BUCKETS)
         self.HTTP_REQUESTS = _Counter("kinesyslog_http_requests", "Total HTTP requests",
                                       ["path"])
         self.LISTENER_COUNT = _Gauge("kinesyslog_listener_count",
@@ -60,7 +62,7 @@ class Metrics:
         self.MESSAGE_COUNT = _Counter("kinesyslog_message_count", "Message records received",
                                       ["transport", "port", "format"])
         self.RECORD_BYTES = _Histogram("kinesyslog_record_bytes", "Kinesis record size",
-                                       buckets=SIZE_BUCKETS)
+                                       ["destination"], buckets=SIZE_BUCKETS)
         self.SPOOL_AGE = _Gauge("kinesyslog_spool_age",
                                 "Kinesis batch spool record age (seconds)",
                                 multiprocess_mode="livemax")
@@ -95,17 +97,37 @@ class Metrics:
         self.EVENTS_SPOOLED = _Counter("kinesyslog_events_spooled",
                                        "Events written into spooled records")
         self.UPLOAD_SECONDS = _Histogram("kinesyslog_upload_seconds",
-                                         "PutRecordBatch call duration",
+                                         "PutRecordBatch or PutRecords call duration",
+                                         ["destination"],
                                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.UPLOAD_ERRORS = _Counter("kinesyslog_upload_errors",
-                                      "Records not accepted by Firehose, by AWS error code",
-                                      ["code"])
+                                      "Records not accepted by Firehose or Kinesis, by AWS error "
+                                      "code", ["code", "destination"])
         self.RECORDS_DELIVERED = _Counter(
             "kinesyslog_records_delivered",
-            "Records acknowledged by Firehose (or written to --output-dir)")
+            "Records acknowledged by Firehose or Kinesis (or written to --output-dir)",
+            ["destination"])
         self.RECORDS_QUARANTINED = _Counter(
             "kinesyslog_records_quarantined",
-            "Spool files that were not valid records, moved to corrupt/")
+            "Spool files that were not valid records, moved to corrupt/", ["destination"])
+
+        # Kinesis Data Streams only. Shards are few (a stream's own count), keys are not: the
+        # busiest key is named in the log, its share of the bytes is the metric.
+        self.KINESIS_SHARD_RECORDS = _Counter(
+            "kinesyslog_kinesis_shard_records", "Kinesis records acknowledged, by shard",
+            ["shard"])
+        self.KINESIS_SHARD_BYTES = _Counter(
+            "kinesyslog_kinesis_shard_bytes",
+            "Bytes (data and partition key) of Kinesis records acknowledged, by shard",
+            ["shard"])
+        self.KINESIS_HOT_KEY_SHARE = _Gauge(
+            "kinesyslog_kinesis_hot_key_share",
+            "Share (0-1) of the bytes sent in the last minute that carried the busiest "
+            "partition key", multiprocess_mode="livemax")
+        self.KINESIS_HOT_KEY_BYTES = _Gauge(
+            "kinesyslog_kinesis_hot_key_bytes_per_second",
+            "Bytes per second sent in the last minute under the busiest partition key (a shard "
+            "takes 1 MiB/s)", multiprocess_mode="livemax")
 
 
 def _Counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
@@ -118,8 +140,9 @@ def _Gauge(name: str, documentation: str, labels: Sequence[str] = (), *,
                  multiprocess_mode=multiprocess_mode)  # type: ignore[arg-type]
 
 
-def _Histogram(name: str, documentation: str, *, buckets: Sequence[float]) -> Histogram:
-    return Histogram(name, documentation, registry=None, buckets=buckets)
+def _Histogram(name: str, documentation: str, labels: Sequence[str] = (), *,
+               buckets: Sequence[float]) -> Histogram:
+    return Histogram(name, documentation, labels, registry=None, buckets=buckets)
 
 
 _current: Metrics | None = None

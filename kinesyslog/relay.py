@@ -110,6 +110,7 @@ def start_uploader(config: Config, shared: SharedState) -> tuple[int, int, str]:
         region=config.region, profile=config.profile, endpoint_url=config.endpoint_url,
         shutdown_timeout=config.shutdown_timeout, role_arn=config.role_arn,
         role_session_name=config.role_session_name, external_id=config.external_id,
+        kinesis_stream=config.kinesis_stream, partition_key=config.partition_key,
     )
     status_read, status_write = os.pipe()
     wake_read, wake_write = os.pipe()

@@ -1,4 +1,5 @@
-"""Where the uploader delivers records: Firehose (PutRecordBatch) or a directory."""
+"""Where the uploader delivers records: Firehose (PutRecordBatch), Kinesis Data Streams
+(PutRecords) or a directory; and how each reads and checks a spool file."""
 
 from __future__ import annotations
 
@@ -6,31 +7,142 @@ import errno
 import json
 import logging
 import os
+import time
 from binascii import b2a_base64
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
 
+from kinesyslog import metrics
 from kinesyslog.aws import error_code
-from kinesyslog.constants import SPOOL_TEMP_PREFIX
+from kinesyslog.constants import (
+    FIREHOSE_MAX_BATCH_BYTES,
+    FIREHOSE_MAX_BATCH_RECORDS,
+    FIREHOSE_MAX_RECORD_BYTES,
+    GZIP_MAGIC,
+    GZIP_MIN_MEMBER_BYTES,
+    KINESIS_MAX_BATCH_BYTES,
+    KINESIS_MAX_BATCH_RECORDS,
+    KINESIS_MAX_RECORD_BYTES,
+    SPOOL_KINESIS_SUFFIX,
+    SPOOL_LEGACY_PREFIX,
+    SPOOL_TEMP_PREFIX,
+)
+from kinesyslog.kinesis import KeyLoad, cwl_partition_key, decode_spooled
 from kinesyslog.spool import fsync_directory
 
 log = logging.getLogger("kinesyslog.uploader")
+THROUGHPUT_EXCEEDED = "ProvisionedThroughputExceededException"
+HOT_KEY_GAUGE_INTERVAL = 1.0  # seconds between updates of the hot-key gauges
 
-Batch = Sequence[tuple[Path, bytes]]
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A spooled record, ready to send."""
+
+    path: Path
+    data: bytes
+    partition_key: str = ""  # Kinesis Data Streams only
+
+    @property
+    def size(self) -> int:
+        """What counts toward a call's size limit."""
+        return len(self.data) + len(self.partition_key.encode())
+
+
+Batch = Sequence[Record]
+
+
+class InvalidRecordError(Exception):
+    """A spool file that cannot be sent as a record."""
 
 
 class Sink(Protocol):
+    destination: str  # the metric label: firehose, kinesis or directory
+    name: str  # for the log
     consumes_files: bool  # True: a delivered record's spool file is gone already
+    max_batch_records: int
+    max_batch_bytes: int
 
     @property
     def last_error(self) -> str:
         """What went wrong last, for the log."""
         ...
 
+    def load(self, path: Path) -> Record:
+        """The spool file's record; InvalidRecordError if it cannot be sent, OSError if it
+        cannot be read."""
+        ...
+
     def send(self, batch: Batch) -> list[str | None]:
         """Per record: None if delivered, else an error code."""
         ...
+
+
+def read_spool_file(path: Path) -> bytes:
+    """A spool file's content, refused unread if it is larger than any record can be."""
+    largest = KINESIS_MAX_RECORD_BYTES + 16  # a Kinesis spool file's header is 6 bytes
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > largest:
+            raise InvalidRecordError(f"{size} bytes, larger than any record")
+        content = file.read(largest + 1)
+    if len(content) > largest:
+        raise InvalidRecordError("larger than any record")
+    return content
+
+
+def check_gzip_record(path: Path, data: bytes) -> bytes:
+    """``data`` if it is a gzip record Firehose takes; InvalidRecordError if not."""
+    if len(data) > FIREHOSE_MAX_RECORD_BYTES:
+        raise InvalidRecordError(
+            f"{len(data)} bytes, over the {FIREHOSE_MAX_RECORD_BYTES} bytes of a Firehose record")
+    if len(data) < GZIP_MIN_MEMBER_BYTES:
+        raise InvalidRecordError(f"{len(data)} bytes, too short for a gzip record")
+    if not data.startswith(GZIP_MAGIC):
+        raise InvalidRecordError("not a gzip record (bad magic bytes)")
+    if path.name.startswith(SPOOL_LEGACY_PREFIX):
+        # 2.0.1 did not fsync its files: after a crash one may be cut short.
+        from isal import igzip
+
+        try:
+            with igzip.GzipFile(fileobj=BytesIO(data)) as member:
+                while member.read(1 << 20):
+                    pass
+        except (OSError, EOFError, ValueError) as error:
+            raise InvalidRecordError(f"a damaged record of kinesyslog 2.0.1: {error}") from None
+    return data
+
+
+def load_spooled(path: Path) -> tuple[str | None, bytes]:
+    """(partition key, data) of a Kinesis spool file, (None, data) of a gzip record file."""
+    return decode_spool_file(path, read_spool_file(path))
+
+
+def decode_spool_file(path: Path, content: bytes) -> tuple[str | None, bytes]:
+    """load_spooled() of content already read."""
+    if path.name.endswith(SPOOL_KINESIS_SUFFIX):
+        try:
+            return decode_spooled(content)
+        except ValueError as error:
+            raise InvalidRecordError(str(error)) from None
+    return None, check_gzip_record(path, content)
+
+
+def read_record(path: Path) -> bytes:
+    """The gzip record in a spool file (a Firehose record, or the data of a Kinesis record
+    in the cwl format); InvalidRecordError if there is none, OSError if unreadable."""
+    partition_key, data = load_spooled(path)
+    if partition_key is None:
+        return data  # checked already
+    if not data.startswith(GZIP_MAGIC):
+        raise InvalidRecordError(
+            "a KPL aggregated record made for Kinesis Data Streams (--kinesis-format kpl); "
+            "only --kinesis-stream can send it")
+    return check_gzip_record(path, data)
 
 
 def put_record_batch_body(stream: str, records: Sequence[bytes]) -> bytes:
@@ -49,7 +161,11 @@ def put_record_batch_body(stream: str, records: Sequence[bytes]) -> bytes:
 
 
 class FirehoseSink:
+    destination = "firehose"
+    name = "Firehose"
     consumes_files = False
+    max_batch_records = FIREHOSE_MAX_BATCH_RECORDS
+    max_batch_bytes = FIREHOSE_MAX_BATCH_BYTES
 
     def __init__(self, client: Any, stream: str) -> None:
         self.client = client
@@ -64,10 +180,13 @@ class FirehoseSink:
         if self._body is not None:
             params["body"] = self._body
 
+    def load(self, path: Path) -> Record:
+        return Record(path, read_record(path))
+
     def send(self, batch: Batch) -> list[str | None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        self._body = put_record_batch_body(self.stream, [data for _, data in batch])
+        self._body = put_record_batch_body(self.stream, [record.data for record in batch])
         try:
             response = self.client.put_record_batch(
                 DeliveryStreamName=self.stream, Records=[{"Data": b""}] * len(batch))
@@ -88,19 +207,128 @@ class FirehoseSink:
         return results
 
 
+def put_records_body(stream: str, batch: Batch) -> bytes:
+    """The JSON request body of Kinesis PutRecords, as botocore would serialize it (see
+    put_record_batch_body)."""
+    parts = [b'{"StreamName": ', json.dumps(stream).encode(), b', "Records": [']
+    for index, record in enumerate(batch):
+        parts += [b', {"Data": "' if index else b'{"Data": "',
+                  b2a_base64(record.data, newline=False), b'", "PartitionKey": ',
+                  json.dumps(record.partition_key).encode(), b"}"]
+    parts.append(b"]}")
+    return b"".join(parts)
+
+
+class KinesisSink:
+    """Kinesis Data Streams: PutRecords, each record under its own partition key. Counts what
+    each shard took, and tracks the bytes per key to name a hot one."""
+
+    destination = "kinesis"
+    name = "Kinesis"
+    consumes_files = False
+    max_batch_records = KINESIS_MAX_BATCH_RECORDS
+    max_batch_bytes = KINESIS_MAX_BATCH_BYTES
+
+    def __init__(self, client: Any, stream: str, key_mode: str) -> None:
+        self.client = client
+        self.stream = stream
+        self.key_mode = key_mode
+        self.last_error = ""
+        self.key_load = KeyLoad()
+        self._gauges_at = 0.0
+        self._body: bytes | None = None
+        client.meta.events.register("before-call.kinesis.PutRecords", self._put_body)
+
+    def _put_body(self, params: dict[str, Any], **_: Any) -> None:
+        if self._body is not None:
+            params["body"] = self._body
+
+    def load(self, path: Path) -> Record:
+        partition_key, data = load_spooled(path)
+        if partition_key is None:  # a record spooled for Firehose: the same as a cwl record
+            partition_key = cwl_partition_key(self.key_mode, data)
+        return Record(path, data, partition_key)
+
+    def send(self, batch: Batch) -> list[str | None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        now = time.monotonic()
+        for record in batch:
+            self.key_load.add(now, record.partition_key, record.size)
+        self._publish_key_load(now)
+        self._body = put_records_body(self.stream, batch)
+        placeholder = {"Data": b"", "PartitionKey": "-"}
+        try:
+            response = self.client.put_records(StreamName=self.stream,
+                                               Records=[placeholder] * len(batch))
+        except (BotoCoreError, ClientError, OSError) as error:
+            self.last_error = str(error)
+            return [error_code(error)] * len(batch)
+        finally:
+            self._body = None
+        entries = response.get("Records") or []
+        results: list[str | None] = []
+        shard_records: Counter[str] = Counter()
+        shard_bytes: Counter[str] = Counter()
+        for index, record in enumerate(batch):
+            entry = entries[index] if index < len(entries) else {}
+            if entry.get("SequenceNumber"):
+                results.append(None)
+                shard = str(entry.get("ShardId") or "unknown")
+                shard_records[shard] += 1
+                shard_bytes[shard] += record.size
+            else:
+                code = entry.get("ErrorCode") or "MissingSequenceNumber"
+                results.append(code)
+                self.last_error = entry.get("ErrorMessage") or "no SequenceNumber in the response"
+                if code == THROUGHPUT_EXCEEDED:
+                    self.last_error += self._hot_key_text(now)
+        for shard, count in shard_records.items():
+            metrics.KINESIS_SHARD_RECORDS.labels(shard).inc(count)
+            metrics.KINESIS_SHARD_BYTES.labels(shard).inc(shard_bytes[shard])
+        return results
+
+    def _publish_key_load(self, now: float) -> None:
+        if now - self._gauges_at < HOT_KEY_GAUGE_INTERVAL:
+            return
+        self._gauges_at = now
+        _, rate, share = self.key_load.busiest(now)
+        metrics.KINESIS_HOT_KEY_SHARE.set(share)
+        metrics.KINESIS_HOT_KEY_BYTES.set(rate)
+
+    def _hot_key_text(self, now: float) -> str:
+        key, rate, share = self.key_load.busiest(now)
+        if not key:
+            return ""
+        return (f"; the busiest partition key, {key!r}, carried {rate / 1024:.0f} KiB/s "
+                f"({share:.0%} of the bytes) over the last {self.key_load.window:.0f} s: a "
+                "shard takes 1 MiB/s and 1,000 records/s (consider --partition-key random or "
+                "more shards)")
+
+
 class DirectorySink:
     """--output-dir: each record file is moved into the directory, atomically."""
 
+    destination = "directory"
+    name = "--output-dir"
     consumes_files = True
+    max_batch_records = FIREHOSE_MAX_BATCH_RECORDS
+    max_batch_bytes = FIREHOSE_MAX_BATCH_BYTES
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         self.last_error = ""
 
+    def load(self, path: Path) -> Record:
+        content = read_spool_file(path)
+        decode_spool_file(path, content)  # checked; the file is moved as it is
+        return Record(path, content)
+
     def send(self, batch: Batch) -> list[str | None]:
         results: list[str | None] = []
-        for path, data in batch:
+        for record in batch:
+            path, data = record.path, record.data
             try:
                 self._move(path, data)
             except OSError as error:

@@ -1,8 +1,10 @@
-"""The durable spool directory: one file per Firehose record, awaiting upload.
+"""The durable spool directory: one file per record, awaiting upload.
 
 A record file is written under a temporary name, fsynced, and renamed to
-``record-<time_ns:020d>-<seq:06d>.gz``; the directory is fsynced once per written list, so
-a record that ``write_records`` returned survives a crash. Names sort in write order.
+``record-<time_ns:020d>-<seq:06d>.gz`` (a Firehose record) or ``.kds`` (a Kinesis Data
+Streams record with its partition key, kinesis.py); the directory is fsynced once per
+written list, so a record that ``write_records`` returned survives a crash. Names sort in
+write order.
 
 kinesyslog 2.0.1 spooled each record (one gzip member) as ``firehose_event-<random>``, made
 by hard-linking a ``_temp_firehose_event-<random>`` file; such files left by an upgrade are
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from kinesyslog.constants import (
     SPOOL_CORRUPT_DIR,
+    SPOOL_KINESIS_SUFFIX,
     SPOOL_LEGACY_PREFIX,
     SPOOL_LEGACY_TEMP_PREFIX,
     SPOOL_RECORD_PREFIX,
@@ -32,18 +35,19 @@ log = logging.getLogger("kinesyslog.spool")
 _DIR_MODE = 0o750
 _FILE_MODE = 0o640
 _SEQ_MODULO = 1_000_000  # six digits in the name
+_SUFFIXES = (SPOOL_RECORD_SUFFIX, SPOOL_KINESIS_SUFFIX)
 
 _sequence = itertools.count()
 _last_ns = 0
 
 
-def _next_name() -> tuple[str, str]:
+def _next_name(suffix: str) -> tuple[str, str]:
     """(temporary name, final name) for the next record written by this process."""
     global _last_ns
     # Never repeat or go back, even if the clock does, so names keep the write order.
     _last_ns = max(time.time_ns(), _last_ns + 1)
     seq = next(_sequence) % _SEQ_MODULO
-    final = f"{SPOOL_RECORD_PREFIX}{_last_ns:020d}-{seq:06d}{SPOOL_RECORD_SUFFIX}"
+    final = f"{SPOOL_RECORD_PREFIX}{_last_ns:020d}-{seq:06d}{suffix}"
     return f"{SPOOL_TEMP_PREFIX}{os.getpid()}-{final}", final
 
 
@@ -66,7 +70,7 @@ class SpoolWriteError(OSError):
 
 
 def _is_record_name(name: str) -> bool:
-    return name.startswith(SPOOL_RECORD_PREFIX) and name.endswith(SPOOL_RECORD_SUFFIX)
+    return name.startswith(SPOOL_RECORD_PREFIX) and name.endswith(_SUFFIXES)
 
 
 class Spool:
@@ -74,15 +78,17 @@ class Spool:
         self.directory = Path(directory)
         self.directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
 
-    def write_records(self, records: list[bytes]) -> list[Path]:
-        """Writes each record durably to its own file; returns the files in write order.
+    def write_records(self, records: list[bytes],
+                      suffix: str = SPOOL_RECORD_SUFFIX) -> list[Path]:
+        """Writes each record durably to its own file named ``record-…<suffix>``; returns the
+        files in write order.
 
         On an OSError (disk full, quota, I/O error) the unfinished file is removed and
         SpoolWriteError tells how many records were written before it."""
         paths: list[Path] = []
         try:
             for record in records:
-                paths.append(self._write_one(record))
+                paths.append(self._write_one(record, suffix))
         except OSError as error:
             if paths:
                 with contextlib.suppress(OSError):  # made durable by the retry's fsync
@@ -95,8 +101,8 @@ class Spool:
                 raise SpoolWriteError(len(paths), error) from error
         return paths
 
-    def _write_one(self, record: bytes) -> Path:
-        temporary, final = _next_name()
+    def _write_one(self, record: bytes, suffix: str) -> Path:
+        temporary, final = _next_name(suffix)
         temp_path = self.directory / temporary
         fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
         try:

@@ -1,12 +1,15 @@
-"""The uploader process: spooled records → Firehose PutRecordBatch (or --output-dir).
+"""The uploader process: spooled records → Firehose PutRecordBatch, Kinesis Data Streams
+PutRecords, or --output-dir (sinks.py).
 
-A spool file is deleted only after Firehose returned a RecordId for its record. Failed
+A spool file is deleted only after Firehose returned a RecordId for its record (Kinesis: a
+SequenceNumber; each spool file holds one record). Failed
 records stay spooled and are retried oldest first after a capped exponential back-off with
 jitter. After a call in which every record failed (an outage, throttling, 5xx), the next
 calls carry one record only, a cheap probe, until one succeeds: an outage of any length
 costs Firehose a small request every few seconds, and delivery resumes at full speed within
-one back-off (RETRY_MAX_DELAY) of Firehose's return. boto3 is imported only in Firehose
-mode: --output-dir makes no AWS access at all.
+one back-off (RETRY_MAX_DELAY) of Firehose's return. Kinesis is handled alike; only its
+failed records are retried. boto3 is imported only for Firehose and Kinesis: --output-dir
+makes no AWS access at all.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from kinesyslog import metrics
 from kinesyslog.aws import (
     StreamCheckError,
+    check_kinesis_stream,
     check_stream,
     client,
     get_owner,
@@ -36,23 +39,25 @@ from kinesyslog.aws import (
 from kinesyslog.constants import (
     EX_CONFIG,
     FIREHOSE_CONNECT_TIMEOUT,
-    FIREHOSE_MAX_BATCH_BYTES,
-    FIREHOSE_MAX_BATCH_RECORDS,
-    FIREHOSE_MAX_RECORD_BYTES,
     FIREHOSE_READ_TIMEOUT,
-    GZIP_MAGIC,
-    GZIP_MIN_MEMBER_BYTES,
     OUTPUT_DIR_OWNER,
     QUARANTINE_RETRY_DELAY,
     RETRY_BASE_DELAY,
     RETRY_MAX_DELAY,
     RETRY_PERMANENT_DELAY,
-    SPOOL_LEGACY_PREFIX,
     STARTUP_CHECK_TIMEOUT,
     UPLOADER_RESCAN_INTERVAL,
 )
 from kinesyslog.shared import SharedState, errno_name
-from kinesyslog.sinks import Batch, DirectorySink, FirehoseSink, Sink
+from kinesyslog.sinks import (
+    Batch,
+    DirectorySink,
+    FirehoseSink,
+    InvalidRecordError,
+    KinesisSink,
+    Record,
+    Sink,
+)
 from kinesyslog.spool import Spool
 
 log = logging.getLogger("kinesyslog.uploader")
@@ -73,40 +78,11 @@ class UploaderSettings:
     role_arn: str | None = None
     role_session_name: str | None = None
     external_id: str | None = None
+    kinesis_stream: str | None = None
+    partition_key: str = "source"
 
 
 # --- The upload loop -----------------------------------------------------------------------
-
-class InvalidRecordError(Exception):
-    """A spool file that cannot be a Firehose record."""
-
-
-def read_record(path: Path) -> bytes:
-    """The record in ``path``; InvalidRecordError if it is not one, OSError if unreadable."""
-    with open(path, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        if size > FIREHOSE_MAX_RECORD_BYTES:
-            raise InvalidRecordError(
-                f"{size} bytes, over the {FIREHOSE_MAX_RECORD_BYTES} bytes of a Firehose record")
-        data = file.read(FIREHOSE_MAX_RECORD_BYTES + 1)
-    if len(data) > FIREHOSE_MAX_RECORD_BYTES:
-        raise InvalidRecordError(f"over the {FIREHOSE_MAX_RECORD_BYTES} bytes of a record")
-    if len(data) < GZIP_MIN_MEMBER_BYTES:
-        raise InvalidRecordError(f"{len(data)} bytes, too short for a gzip record")
-    if not data.startswith(GZIP_MAGIC):
-        raise InvalidRecordError("not a gzip record (bad magic bytes)")
-    if path.name.startswith(SPOOL_LEGACY_PREFIX):
-        # 2.0.1 did not fsync its files: after a crash one may be cut short.
-        from isal import igzip
-
-        try:
-            with igzip.GzipFile(fileobj=BytesIO(data)) as member:
-                while member.read(1 << 20):
-                    pass
-        except (OSError, EOFError, ValueError) as error:
-            raise InvalidRecordError(f"a damaged record of kinesyslog 2.0.1: {error}") from None
-    return data
-
 
 class Uploader:
     """Sends spooled records oldest first; ``step`` does one batch and never sleeps."""
@@ -131,10 +107,11 @@ class Uploader:
         self._probing = False  # the last call delivered nothing: send one record at a time
         self._not_before = 0.0
         self._last_logged: dict[str, float] = {}
+        self.destination = sink.destination
         # Zero samples, so that alerts on these counters see 0 rather than no data.
         for counter in (metrics.BATCH_RECORD_FAILED, metrics.RECORDS_DELIVERED,
                         metrics.RECORDS_QUARANTINED):
-            counter.inc(0)
+            counter.labels(self.destination).inc(0)
 
     def step(self) -> float:
         """Sends one batch if one is due; returns seconds until it wants to run again."""
@@ -144,34 +121,35 @@ class Uploader:
         if not self._retry and not self._queue:
             self._forget_stuck(now)
             self._queue.extend(p for p in self.spool.pending() if p not in self._stuck)
-        batch = self._take_batch(1 if self._probing else FIREHOSE_MAX_BATCH_RECORDS)
+        batch = self._take_batch(1 if self._probing else self.sink.max_batch_records)
         if not batch:
             return UPLOADER_RESCAN_INTERVAL
         started = time.monotonic()
         results = self.sink.send(batch)
-        metrics.UPLOAD_SECONDS.observe(time.monotonic() - started)
-        metrics.BATCH_RECORDS.observe(len(batch))
-        metrics.BATCH_BYTES.observe(sum(len(data) for _, data in batch))
+        destination = self.destination
+        metrics.UPLOAD_SECONDS.labels(destination).observe(time.monotonic() - started)
+        metrics.BATCH_RECORDS.labels(destination).observe(len(batch))
+        metrics.BATCH_BYTES.labels(destination).observe(sum(record.size for record in batch))
         self.batches += 1
         failed: list[Path] = []
         codes: list[str] = []
-        for (path, _), code in zip(batch, results):
+        for record, code in zip(batch, results):
             if code is None:
                 self.delivered += 1
                 if not self.sink.consumes_files:
-                    self.spool.delete(path)
+                    self.spool.delete(record.path)
             else:
-                failed.append(path)
+                failed.append(record.path)
                 codes.append(code)
-        metrics.RECORDS_DELIVERED.inc(len(batch) - len(failed))
+        metrics.RECORDS_DELIVERED.labels(destination).inc(len(batch) - len(failed))
         self._probing = len(failed) == len(batch)
         if not failed:
             self._failures = 0
             return 0.0
         self.failed_attempts += len(failed)
-        metrics.BATCH_RECORD_FAILED.inc(len(failed))
+        metrics.BATCH_RECORD_FAILED.labels(destination).inc(len(failed))
         for code, count in Counter(codes).items():
-            metrics.UPLOAD_ERRORS.labels(code).inc(count)
+            metrics.UPLOAD_ERRORS.labels(code, destination).inc(count)
         self._retry.extendleft(reversed(failed))
         self._failures += 1
         delay = self._backoff(codes)
@@ -208,8 +186,8 @@ class Uploader:
         cap = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** min(self._failures, 32))
         return RETRY_BASE_DELAY + self.rand() * (cap - RETRY_BASE_DELAY)
 
-    def _take_batch(self, max_records: int) -> list[tuple[Path, bytes]]:
-        batch: list[tuple[Path, bytes]] = []
+    def _take_batch(self, max_records: int) -> list[Record]:
+        batch: list[Record] = []
         size = 0
         while len(batch) < max_records:
             source = self._retry if self._retry else self._queue
@@ -217,22 +195,22 @@ class Uploader:
                 break
             path = source.popleft()
             try:
-                data = read_record(path)
+                record = self.sink.load(path)
             except FileNotFoundError:
                 continue  # gone (deleted by hand): nothing to send
             except (InvalidRecordError, OSError) as error:
                 self._quarantine(path, str(error))
                 continue
-            if size + len(data) > FIREHOSE_MAX_BATCH_BYTES:
+            if size + record.size > self.sink.max_batch_bytes:
                 source.appendleft(path)
                 break
-            batch.append((path, data))
-            size += len(data)
+            batch.append(record)
+            size += record.size
         return batch
 
     def _quarantine(self, path: Path, reason: str) -> None:
         self.quarantined += 1
-        metrics.RECORDS_QUARANTINED.inc()
+        metrics.RECORDS_QUARANTINED.labels(self.destination).inc()
         try:
             self.spool.quarantine(path, reason)
         except OSError as error:
@@ -253,9 +231,9 @@ class Uploader:
         self._last_logged[key] = now
         detail = self.sink.last_error
         if any(is_permanent_error(code) for code in codes):
-            log.error("Firehose refuses the records (%s: %s): retrying cannot fix this; fix the "
+            log.error("%s refuses the records (%s: %s): retrying cannot fix this; fix the "
                       "stream or the permissions. The records stay spooled and are retried every "
-                      "%.0f s", summary, detail, delay)
+                      "%.0f s", self.sink.name, summary, detail, delay)
         else:
             log.warning("%d of %d records failed (%s: %s); retry in %.1f s", len(codes), sent,
                         summary, detail, delay)
@@ -324,11 +302,18 @@ class _InterruptibleSink:
     def __init__(self, sink: Sink, signals: _Signals) -> None:
         self.sink = sink
         self.signals = signals
+        self.destination = sink.destination
+        self.name = sink.name
         self.consumes_files = sink.consumes_files
+        self.max_batch_records = sink.max_batch_records
+        self.max_batch_bytes = sink.max_batch_bytes
 
     @property
     def last_error(self) -> str:
         return self.sink.last_error
+
+    def load(self, path: Path) -> Record:
+        return self.sink.load(path)
 
     def send(self, batch: Batch) -> list[str | None]:
         deadline = self.signals.deadline
@@ -372,19 +357,24 @@ def _open_sink(settings: UploaderSettings) -> tuple[Sink, str]:
         except OSError as error:
             raise StreamCheckError(f"--output-dir {settings.output_dir}: {error.strerror}; "
                                    "create it or fix its permissions") from None
-    if not settings.stream:
+    service = "kinesis" if settings.kinesis_stream else "firehose"
+    stream = settings.kinesis_stream or settings.stream
+    if not stream:
         raise StreamCheckError("--stream is required unless --output-dir is given")
     aws_session = session(settings)
-    checker = client(aws_session, "firehose", settings,
-                      min(FIREHOSE_CONNECT_TIMEOUT, STARTUP_CHECK_TIMEOUT), STARTUP_CHECK_TIMEOUT)
-    warning = check_stream(checker, settings.stream)
+    checker = client(aws_session, service, settings,
+                     min(FIREHOSE_CONNECT_TIMEOUT, STARTUP_CHECK_TIMEOUT), STARTUP_CHECK_TIMEOUT)
+    check = check_kinesis_stream if service == "kinesis" else check_stream
+    warning = check(checker, stream)
     if warning:
         log.warning("%s", warning)
     sts = client(aws_session, "sts", settings, STARTUP_CHECK_TIMEOUT, STARTUP_CHECK_TIMEOUT)
     owner = get_owner(sts, settings.spool_dir)
-    firehose = client(aws_session, "firehose", settings, FIREHOSE_CONNECT_TIMEOUT,
-                       FIREHOSE_READ_TIMEOUT)
-    return FirehoseSink(firehose, settings.stream), owner
+    uploads = client(aws_session, service, settings, FIREHOSE_CONNECT_TIMEOUT,
+                     FIREHOSE_READ_TIMEOUT)
+    if service == "kinesis":
+        return KinesisSink(uploads, stream, settings.partition_key), owner
+    return FirehoseSink(uploads, stream), owner
 
 
 def uploader_main(settings: UploaderSettings, status_fd: int, wake_fd: int,
@@ -404,7 +394,7 @@ def uploader_main(settings: UploaderSettings, status_fd: int, wake_fd: int,
         except OSError as error:
             _write_status(status_fd, f"FATAL --spool-dir {settings.spool_dir}: {error.strerror}")
             return EX_CONFIG
-        if isinstance(sink, FirehoseSink):
+        if not isinstance(sink, DirectorySink):
             sink = _InterruptibleSink(sink, signals)
         uploader = Uploader(spool, sink, shared=shared)
         uploader.publish_spool_gauges()  # the spool's size is known before the worker starts

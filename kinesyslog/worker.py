@@ -1,4 +1,5 @@
-"""The forked worker: ring → events → per-stream buffers → gzip records in the spool.
+"""The forked worker: ring → events → per-stream buffers → records in the spool (gzip
+Firehose records, or Kinesis records: kinesis.py).
 
 The worker commits its ring read position only after every event it read is in a durable
 spool file. All buffers are flushed together, so a flush leaves nothing read-but-unspooled
@@ -17,12 +18,14 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from kinesyslog import constants, metrics
 from kinesyslog._fast.events import EventBuffers, IdGenerator, new_id_prefix
 from kinesyslog._fast.syslog import TimestampExtractor
 from kinesyslog.config import Config
+from kinesyslog.kinesis import EventBatch, RecordMaker
 from kinesyslog.records import build_records
 from kinesyslog.shared import SharedState, errno_name
 from kinesyslog.spool import Spool, SpoolWriteError
@@ -39,6 +42,23 @@ SPOOL_ERROR_LOG_INTERVAL = 30.0
 FORMAT_NAMES = {constants.KIND_SYSLOG: "syslog", constants.KIND_GELF: "gelf"}
 
 
+MakeRecords = Callable[[Sequence[EventBatch]], list[bytes]]
+
+
+def record_maker(config: Config, owner: str) -> tuple[MakeRecords, str]:
+    """What turns event batches into spool file contents, and the spool files' suffix."""
+    if config.kinesis_stream:
+        maker = RecordMaker(owner, config.kinesis_format, config.partition_key,
+                            config.kinesis_compress)
+        return maker.make, constants.SPOOL_KINESIS_SUFFIX
+
+    def firehose_records(batches: Sequence[EventBatch]) -> list[bytes]:
+        return [record for group, source, body, ends in batches
+                for record in build_records(owner, group, source, body, ends)]
+
+    return firehose_records, constants.SPOOL_RECORD_SUFFIX
+
+
 class Worker:
     def __init__(self, config: Config, ring: Ring, owner: str, wake_fd: int,
                  shared: SharedState) -> None:
@@ -50,6 +70,7 @@ class Worker:
         self.spool = Spool(config.spool_dir)
         self.buffers = EventBuffers(TimestampExtractor(config.rfc3164_timezone),
                                     IdGenerator(new_id_prefix()))
+        self.make_records, self.spool_suffix = record_maker(config, owner)
         self.flush_size = config.flush_size
         self.flush_age_ms = int(config.flush_interval * 1000)
         self.spool_full = False
@@ -125,25 +146,23 @@ class Worker:
         """Spools every buffer durably, then commits the ring position. False when the spool
         refused a write: the records wait in memory for the retry, the ring uncommitted."""
         if not self.unwritten:
-            groups = self.buffers.take()
             prefix = self.config.group_prefix
-            for (kind, port, source), body, ends in groups:
-                group = f"{prefix}/{FORMAT_NAMES[kind]}/{port}"
-                event_ends = memoryview(ends).cast("q")
-                self.unwritten.extend(
-                    build_records(self.owner, group, source.decode(), body, event_ends))
-                self.unwritten_events += len(event_ends)
+            batches = [(f"{prefix}/{FORMAT_NAMES[kind]}/{port}", source.decode(), body,
+                        memoryview(ends).cast("q"))
+                       for (kind, port, source), body, ends in self.buffers.take()]
+            self.unwritten = self.make_records(batches)
+            self.unwritten_events = sum(len(ends) for _, _, _, ends in batches)
         records = self.unwritten
         if records:
             try:
-                self.spool.write_records(records)
+                self.spool.write_records(records, self.spool_suffix)
             except SpoolWriteError as error:
                 self._spool_write_failed(error)
                 return False
             if self.retry_delay:
                 self._spool_writable_again()
             for record in records:
-                metrics.RECORD_BYTES.observe(len(record))
+                metrics.RECORD_BYTES.labels(self.config.destination).observe(len(record))
             metrics.EVENTS_SPOOLED.inc(self.unwritten_events)
             self.events_written += self.unwritten_events
             self.records_written += len(records)
