@@ -1,14 +1,30 @@
-"""A fault-injecting stand-in for Amazon Kinesis Data Firehose, over real HTTP on 127.0.0.1.
+"""A fault-injecting stand-in for Amazon Kinesis Data Firehose and Kinesis Data Streams, over
+real HTTP on 127.0.0.1.
 
-It speaks enough of the Firehose JSON 1.1 API (PutRecordBatch, DescribeDeliveryStream) and
-of STS GetCallerIdentity (query protocol, XML) for boto3. Every record it accepted is kept,
-in order, with the RecordId it answered. A test programs faults per operation: a script of
-per-call faults consumed in order, then a policy (a function of the call number).
+One server, one endpoint, speaks enough for boto3 of the Firehose JSON 1.1 API
+(PutRecordBatch, DescribeDeliveryStream), of the Kinesis Data Streams JSON 1.1 API
+(PutRecords, DescribeStreamSummary, ListShards) and of STS (GetCallerIdentity, AssumeRole;
+query protocol, XML). Every record it accepted is kept, in arrival order: a Firehose record
+with the RecordId it answered, a Kinesis record with its partition key, shard and
+SequenceNumber. A test programs faults per operation: a script of per-call faults consumed in
+order, then a policy (a function of the call number).
 
     with FakeFirehose() as firehose:
         firehose.script("PutRecordBatch", THROTTLING, Partial({0, 3}), Hang(5))
         ...
         assert firehose.data() == expected
+
+Kinesis streams are given with their shard count; their shards split the 2^128 hash-key
+space evenly, as CreateStream does, and a record goes to the shard whose range holds
+int(MD5(partition key), 16), or its ExplicitHashKey. Sequence numbers are 56-digit decimal
+strings, increasing per shard.
+
+    with FakeFirehose(kinesis_streams={"logs": 4}) as fake:
+        fake.script("PutRecords", Partial({1}, PROVISIONED_THROUGHPUT_EXCEEDED, "Rate exceeded"
+                                          " for shard shardId-000000000001 in stream logs ..."),
+                    Throttle(per_shard_records_per_call=10))
+        ...
+        assert [r.shard_id for r in fake.records] == [...]
 
 Outages: ``refuse_connections()`` closes the listening socket (callers get ECONNREFUSED)
 until ``accept_connections()`` listens again on the same port; the ``Drop`` fault closes a
@@ -17,14 +33,21 @@ or a lost one once the client gave up waiting). Each call is logged with its tim
 (``Call.at``, ``time.monotonic()``): ``call_rate`` and ``first_accepted_after`` measure
 retry rates and recovery.
 
-Firehose's own limits are written here as literals on purpose: the stand-in is an oracle
-for the relay's constants, not a copy of them.
+Firehose's and Kinesis' own limits are written here as literals on purpose: the stand-in is
+an oracle for the relay's constants, not a copy of them. A PutRecords over Kinesis' limits is
+refused as Kinesis does: ValidationException for what its API model forbids (1 to 500
+records, a partition key of 1 to 256 characters, data up to 1 MiB),
+InvalidArgumentException for a record whose data and partition key (UTF-8) exceed 1 MiB
+together, for a call whose data and keys exceed 5 MiB, or for a bad ExplicitHashKey.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import hashlib
+import itertools
 import json
 import re
 import select
@@ -33,7 +56,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Union
@@ -43,7 +66,15 @@ MAX_BATCH_RECORDS = 500
 MAX_RECORD_BYTES = 1000 * 1024
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 
-OPERATIONS = ("PutRecordBatch", "DescribeDeliveryStream", "GetCallerIdentity")
+KINESIS_MAX_RECORDS = 500
+KINESIS_MAX_RECORD_BYTES = 1024 * 1024  # data and partition key (UTF-8)
+KINESIS_MAX_CALL_BYTES = 5 * 1024 * 1024  # all data and partition keys of one call
+KINESIS_MAX_PARTITION_KEY_CHARS = 256
+HASH_KEY_SPACE = 2**128
+
+KINESIS_OPERATIONS = ("PutRecords", "DescribeStreamSummary", "ListShards")
+OPERATIONS = ("PutRecordBatch", "DescribeDeliveryStream", "GetCallerIdentity",
+              *KINESIS_OPERATIONS)
 
 
 @dataclass(frozen=True)
@@ -53,7 +84,8 @@ class Accept:
 
 @dataclass(frozen=True)
 class Partial:
-    """PutRecordBatch: the records at these positions of the call fail; the rest are stored."""
+    """PutRecordBatch, PutRecords: the records at these positions of the call fail with this
+    error code and message; the rest are stored."""
 
     indices: frozenset[int]
     code: str = "ServiceUnavailableException"
@@ -90,7 +122,7 @@ class Drop:
 
 @dataclass(frozen=True)
 class Delay:
-    """PutRecordBatch: store the records at once, then answer after ``seconds`` (or at
+    """PutRecordBatch, PutRecords: store the records at once, then answer after ``seconds`` (or at
     release()/stop()). Shorter than the client's timeout it is a slow answer; longer, the
     client gives up first and the answer is lost although the records were stored (the
     wait then ends as soon as the client closes the connection)."""
@@ -98,7 +130,16 @@ class Delay:
     seconds: float
 
 
-Fault = Union[Accept, Partial, Error, Hang, Drop, Delay]
+@dataclass(frozen=True)
+class Throttle:
+    """PutRecords: a shard takes its first ``per_shard_records_per_call`` records of the call;
+    the records beyond them fail with ProvisionedThroughputExceededException (per-shard
+    throughput). Elsewhere, the call is answered normally."""
+
+    per_shard_records_per_call: int
+
+
+Fault = Union[Accept, Partial, Error, Hang, Drop, Delay, Throttle]
 Policy = Callable[[int], Fault]
 
 THROTTLING = Error(400, "ThrottlingException", "Rate exceeded.")
@@ -110,20 +151,49 @@ ACCESS_DENIED = Error(400, "AccessDeniedException",
 UNRECOGNIZED_CLIENT = Error(400, "UnrecognizedClientException",
                             "The security token included in the request is invalid.")
 NOT_FOUND = Error(400, "ResourceNotFoundException", "Delivery stream not found.")
+# Kinesis' per-record error code for an over-busy shard (for Partial; the message names the
+# shard: "Rate exceeded for shard shardId-000000000001 in stream S under account 123456789012.")
+PROVISIONED_THROUGHPUT_EXCEEDED = "ProvisionedThroughputExceededException"
 
 
 @dataclass(frozen=True)
 class StoredRecord:
     stream: str
     data: bytes
-    record_id: str
+    record_id: str = ""  # Firehose
+    partition_key: str = ""  # Kinesis, and the rest
+    shard_id: str = ""
+    sequence_number: str = ""
+    explicit_hash_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    shard_id: str
+    starting_hash_key: int
+    ending_hash_key: int
+    starting_sequence_number: str
+
+
+def even_shards(count: int) -> list[Shard]:
+    """The shards of a new stream of ``count`` shards, as CreateStream makes them: the hash-key
+    space split evenly, the last shard taking the remainder."""
+    width = HASH_KEY_SPACE // count
+    return [Shard(f"shardId-{index:012d}", index * width,
+                  HASH_KEY_SPACE - 1 if index == count - 1 else (index + 1) * width - 1,
+                  _sequence_number(index, 0))
+            for index in range(count)]
+
+
+def _sequence_number(shard_index: int, serial: int) -> str:
+    return f"49{shard_index:06d}{serial:048d}"  # 56 digits, increasing with serial
 
 
 @dataclass(frozen=True)
 class Call:
     operation: str
     stream: str | None
-    records: int  # records in the request (PutRecordBatch)
+    records: int  # records in the request (PutRecordBatch, PutRecords)
     outcome: str  # "ok", "partial", "hang", "dropped", "late" or the error code answered
     stored: int = 0  # records stored by this call
     at: float = field(default_factory=time.monotonic)  # when the request arrived
@@ -138,8 +208,14 @@ class _Programme:
 
 class FakeFirehose:
     def __init__(self, streams: Iterable[str] = ("test-stream",),
-                 account: str = "123456789012", max_hang: float = 30.0) -> None:
+                 account: str = "123456789012", max_hang: float = 30.0,
+                 kinesis_streams: Mapping[str, int] = {}) -> None:
         self.streams = set(streams)
+        # Kinesis stream name -> its shards
+        self.kinesis_streams = {name: even_shards(count)
+                                for name, count in kinesis_streams.items()}
+        self.created = time.time()  # the Kinesis streams' StreamCreationTimestamp
+        self._serials = itertools.count(1)  # of the sequence numbers, under _lock
         self.account = account
         self.max_hang = max_hang  # a Hang never holds a request longer than this
         self.hanging = threading.Event()  # set when a Hang starts holding a request
@@ -268,11 +344,12 @@ class FakeFirehose:
                     if call.operation == operation and start <= call.at < end)
         return count / max(end - start, 1e-9)
 
-    def first_accepted_after(self, since: float) -> float | None:
-        """When the first PutRecordBatch that stored records and answered them arrived after
-        ``since`` (monotonic time), or None."""
+    def first_accepted_after(self, since: float,
+                             operation: str = "PutRecordBatch") -> float | None:
+        """When the first ``operation`` call (PutRecordBatch or PutRecords) that stored records
+        and answered them arrived after ``since`` (monotonic time), or None."""
         for call in self.calls:
-            if (call.operation == "PutRecordBatch" and call.at >= since and call.stored
+            if (call.operation == operation and call.at >= since and call.stored
                     and call.outcome in ("ok", "partial")):
                 return call.at
         return None
@@ -289,6 +366,27 @@ class FakeFirehose:
             if programme.policy is not None:
                 return programme.policy(number)
             return Accept()
+
+    def _store_kinesis(self, call: Call, arrived: list[StoredRecord],
+                       failing: Mapping[int, tuple[str, str]]) -> list[dict[str, str]]:
+        """Stores the records of a PutRecords call but the failing ones, giving each its
+        sequence number, and logs the call (at once, so that a shard's records are stored in
+        the order of their sequence numbers); the answer's Records."""
+        answers: list[dict[str, str]] = []
+        with self._arrived:
+            for index, record in enumerate(arrived):
+                if index in failing:
+                    code, message = failing[index]
+                    answers.append({"ErrorCode": code, "ErrorMessage": message})
+                    continue
+                shard_index = int(record.shard_id.rpartition("-")[2])
+                sequence_number = _sequence_number(shard_index, next(self._serials))
+                self._records.append(dataclasses.replace(record,
+                                                         sequence_number=sequence_number))
+                answers.append({"SequenceNumber": sequence_number, "ShardId": record.shard_id})
+            self._calls.append(dataclasses.replace(call, stored=len(arrived) - len(failing)))
+            self._arrived.notify_all()
+        return answers
 
     def _record_call(self, call: Call, stored: Iterable[StoredRecord] = ()) -> None:
         with self._arrived:
@@ -325,6 +423,45 @@ class FakeFirehose:
                     return
 
 
+def _kinesis_problem(records: list[dict[str, str]]) -> tuple[str, str] | None:
+    """(error code, message) of a PutRecords call over Kinesis' limits, or None."""
+    if not 1 <= len(records) <= KINESIS_MAX_RECORDS:
+        return ("ValidationException",
+                "1 validation error detected: Value at 'records' failed to satisfy constraint: "
+                f"Member must have length {'less' if records else 'greater'} than or equal to "
+                f"{KINESIS_MAX_RECORDS if records else 1}")
+    total = 0
+    for position, record in enumerate(records, 1):
+        key = record.get("PartitionKey", "")
+        data = base64.b64decode(record.get("Data", ""))
+        explicit = record.get("ExplicitHashKey")
+        if not 1 <= len(key) <= KINESIS_MAX_PARTITION_KEY_CHARS:
+            return ("ValidationException",
+                    f"1 validation error detected: Value '{key}' at 'records.{position}.member."
+                    "partitionKey' failed to satisfy constraint: Member must have length "
+                    + ("greater than or equal to 1" if not key else
+                       f"less than or equal to {KINESIS_MAX_PARTITION_KEY_CHARS}"))
+        if len(data) > KINESIS_MAX_RECORD_BYTES:
+            return ("ValidationException",
+                    f"1 validation error detected: Value at 'records.{position}.member.data' "
+                    "failed to satisfy constraint: Member must have length less than or equal "
+                    f"to {KINESIS_MAX_RECORD_BYTES}")
+        size = len(data) + len(key.encode())
+        if size > KINESIS_MAX_RECORD_BYTES:
+            return ("InvalidArgumentException",
+                    f"Record {position - 1}: data and partition key together are {size} bytes, "
+                    f"over the limit of {KINESIS_MAX_RECORD_BYTES}")
+        if explicit is not None and not (explicit.isdigit()
+                                         and int(explicit) < HASH_KEY_SPACE):
+            return ("InvalidArgumentException",
+                    f"Invalid ExplicitHashKey. ExplicitHashKey must be in the range: "
+                    f"[0, {HASH_KEY_SPACE - 1}]. Specified value was {explicit}")
+        total += size
+    if total > KINESIS_MAX_CALL_BYTES:
+        return "InvalidArgumentException", "Records size exceeds 5 MB limit"
+    return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeFirehose/1.0"
     timeout = 10  # a stalled client cannot hold a request thread longer
@@ -345,6 +482,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.access_keys.append((operation, credential.group(1) if credential else ""))
         if target.startswith("Firehose_20150804."):
             self._firehose(target.partition(".")[2], body)
+        elif target.startswith("Kinesis_20131202."):
+            self._kinesis(target.partition(".")[2], body)
         elif b"Action=GetCallerIdentity" in body:
             self._get_caller_identity()
         elif b"Action=AssumeRole" in body:
@@ -355,7 +494,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Firehose, JSON 1.1.
 
     def _firehose(self, operation: str, body: bytes) -> None:
-        if operation not in OPERATIONS:
+        if operation not in OPERATIONS or operation in KINESIS_OPERATIONS:
             self._json_error(400, "UnknownOperationException", operation)
             return
         request = json.loads(body or b"{}")
@@ -421,6 +560,90 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):  # the client gave up: the answer is lost
             self._json(200, {"FailedPutCount": 0, "Encrypted": False,
                              "RequestResponses": [{"RecordId": r.record_id} for r in stored]})
+
+    # Kinesis Data Streams, JSON 1.1.
+
+    def _kinesis(self, operation: str, body: bytes) -> None:
+        if operation not in KINESIS_OPERATIONS:
+            self._json_error(400, "UnknownOperationException", operation)
+            return
+        request = json.loads(body or b"{}")
+        stream: str = (request.get("StreamName")
+                       or str(request.get("StreamARN", "")).partition(":stream/")[2])
+        records = request.get("Records", [])
+        fault = self.fake._next_fault(operation)
+        if not self._answer_fault(fault, operation, stream, len(records)):
+            return
+        shards = self.fake.kinesis_streams.get(stream)
+        if shards is None:
+            self.fake._record_call(Call(operation, stream, len(records), NOT_FOUND.code))
+            self._json_error(400, NOT_FOUND.code,
+                             f"Stream {stream} under account {self.fake.account} not found.")
+        elif operation == "DescribeStreamSummary":
+            self.fake._record_call(Call(operation, stream, 0, "ok"))
+            self._json(200, {"StreamDescriptionSummary": {
+                "StreamName": stream, "StreamARN": self._stream_arn(stream),
+                "StreamStatus": "ACTIVE", "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+                "RetentionPeriodHours": 24, "StreamCreationTimestamp": self.fake.created,
+                "EnhancedMonitoring": [{"ShardLevelMetrics": []}], "EncryptionType": "NONE",
+                "OpenShardCount": len(shards), "ConsumerCount": 0}})
+        elif operation == "ListShards":
+            self.fake._record_call(Call(operation, stream, 0, "ok"))
+            self._json(200, {"Shards": [{
+                "ShardId": shard.shard_id,
+                "HashKeyRange": {"StartingHashKey": str(shard.starting_hash_key),
+                                 "EndingHashKey": str(shard.ending_hash_key)},
+                "SequenceNumberRange": {
+                    "StartingSequenceNumber": shard.starting_sequence_number}}
+                for shard in shards]})
+        else:
+            self._put_records(stream, shards, records, fault)
+
+    def _stream_arn(self, stream: str) -> str:
+        return f"arn:aws:kinesis:us-east-1:{self.fake.account}:stream/{stream}"
+
+    def _put_records(self, stream: str, shards: list[Shard], records: list[dict[str, str]],
+                     fault: Fault) -> None:
+        problem = _kinesis_problem(records)
+        if problem:
+            code, message = problem
+            self.fake._record_call(Call("PutRecords", stream, len(records), code))
+            self._json_error(400, code, message)
+            return
+        width = HASH_KEY_SPACE // len(shards)
+        arrived: list[StoredRecord] = []  # each record as it would be stored
+        for record in records:
+            key = record["PartitionKey"]
+            explicit = record.get("ExplicitHashKey")
+            hash_key = (int(explicit) if explicit is not None
+                        else int(hashlib.md5(key.encode()).hexdigest(), 16))
+            shard = shards[min(hash_key // width, len(shards) - 1)]
+            arrived.append(StoredRecord(stream, base64.b64decode(record.get("Data", "")),
+                                        partition_key=key, shard_id=shard.shard_id,
+                                        explicit_hash_key=explicit))
+        failing: dict[int, tuple[str, str]] = {}  # position -> (error code, message)
+        if isinstance(fault, Partial):
+            failing = {index: (fault.code, fault.message) for index in fault.indices
+                       if index < len(records)}
+        elif isinstance(fault, Throttle):
+            taken: dict[str, int] = defaultdict(int)
+            for index, stored in enumerate(arrived):
+                taken[stored.shard_id] += 1
+                if taken[stored.shard_id] > fault.per_shard_records_per_call:
+                    failing[index] = (PROVISIONED_THROUGHPUT_EXCEEDED,
+                                      f"Rate exceeded for shard {stored.shard_id} in stream "
+                                      f"{stream} under account {self.fake.account}.")
+        outcome = "late" if isinstance(fault, Delay) else "partial" if failing else "ok"
+        answers = self.fake._store_kinesis(Call("PutRecords", stream, len(records), outcome),
+                                           arrived, failing)
+        answer = {"FailedRecordCount": len(failing), "Records": answers,
+                  "EncryptionType": "NONE"}
+        if not isinstance(fault, Delay):
+            self._json(200, answer)
+            return
+        self.fake._delay(fault.seconds, self.connection)
+        with contextlib.suppress(OSError):  # the client gave up: the answer is lost
+            self._json(200, answer)
 
     def _answer_fault(self, fault: Fault, operation: str, stream: str | None,
                       count: int) -> bool:

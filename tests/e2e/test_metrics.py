@@ -70,8 +70,8 @@ def test_metrics_and_health(tmp_path: Path) -> None:
 
         def delivered() -> bool:
             text = fetch(f"{base}/metrics")[1]
-            return "kinesyslog_records_delivered_total 1.0" in text or \
-                re.search(r"kinesyslog_records_delivered_total [1-9]", text) is not None
+            return re.search(r'kinesyslog_records_delivered_total\{destination="directory"\} '
+                             r"[1-9]", text) is not None
 
         wait_for(delivered, 20, interval=0.2, message="records delivered in the metrics")
         wait_for(lambda: "kinesyslog_message_count_total{" in fetch(f"{base}/metrics")[1], 10,
@@ -89,9 +89,11 @@ def test_metrics_and_health(tmp_path: Path) -> None:
         assert sample(text, "kinesyslog_messages_dropped_total", reason="incomplete_frame") == 1
         assert sample(text, "kinesyslog_listener_count") == 2
         assert sample(text, "kinesyslog_events_spooled_total") == 13
-        assert sample(text, "kinesyslog_records_delivered_total") >= 1
-        assert sample(text, "kinesyslog_record_bytes_count") >= 1
-        assert sample(text, "kinesyslog_batch_records_count") >= 1
+        directory = {"destination": "directory"}
+        assert sample(text, "kinesyslog_records_delivered_total", **directory) >= 1
+        assert sample(text, "kinesyslog_record_bytes_count", **directory) >= 1
+        assert sample(text, "kinesyslog_batch_records_count", **directory) >= 1
+        assert sample(text, "kinesyslog_batch_record_failed_total", **directory) == 0
         assert "127.0.0.1" not in text  # no source addresses in labels
         assert fetch(f"{base}/nothing")[0] == 404
         # An NLB target group with PROXY protocol v2 sends the header before health checks.
