@@ -3,11 +3,7 @@ de-aggregation checked against the AWS library aws-kinesis-agg (tests only)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import importlib
-import sys
-from types import ModuleType
 
 import pytest
 
@@ -18,36 +14,17 @@ from kinesyslog.kpl import (
     KinesisRecord,
     deaggregate,
 )
-
-
-def _import_aws_kinesis_agg() -> tuple[ModuleType, ModuleType, ModuleType]:
-    # Its modules put their own folder and site-packages at the front of sys.path (to import
-    # their generated protobuf code by a top-level name), where graypy's top-level "tests"
-    # package would then hide ours: keep sys.path as it was.
-    saved = sys.path[:]
-    try:
-        return (importlib.import_module("aws_kinesis_agg.deaggregator"),
-                importlib.import_module("aws_kinesis_agg.aggregator"),
-                importlib.import_module("aws_kinesis_agg.messages_pb2"))
-    finally:
-        sys.path[:] = saved
-
-
-aws_deaggregator, aws_aggregator, aws_messages = _import_aws_kinesis_agg()
+from tests import kinesis_reader
+from tests.kinesis_reader import aws_aggregator, aws_messages
 
 
 def aws_deaggregate(record: KinesisRecord) -> list[tuple[str, bytes]]:
-    """The user records of ``record`` as aws-kinesis-agg finds them in a Lambda event; it
-    passes records with a wrong MD5 or protobuf on whole, so each must say it was aggregated."""
-    event = {"kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": record.partition_key,
-                         "sequenceNumber": "4959033827149025660855969253836157109592157598913",
-                         "approximateArrivalTimestamp": 1545084650.987,
-                         "data": base64.b64encode(record.data).decode()}}
-    user_records = aws_deaggregator.deaggregate_records([event])
-    assert [r["kinesis"].get("aggregated") for r in user_records] == [True] * len(user_records)
+    """The user records of ``record`` as aws-kinesis-agg finds them; each must say it was
+    aggregated."""
+    user_records = kinesis_reader.aws_deaggregate(record.partition_key, record.data)
+    assert [aggregated for _, _, aggregated in user_records] == [True] * len(user_records)
     assert len(user_records) == record.user_records
-    return [(r["kinesis"]["partitionKey"], base64.b64decode(r["kinesis"]["data"]))
-            for r in user_records]
+    return [(key, data) for key, data, _ in user_records]
 
 
 def aggregate(user_records: list[tuple[str, bytes]], max_bytes: int = KINESIS_MAX_RECORD_BYTES
