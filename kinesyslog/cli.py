@@ -133,22 +133,43 @@ def install(user: str | None, system_dir: Path) -> None:
 
 
 @cli.command()
-@click.argument("sources", nargs=-1, required=True, metavar="PATH|s3://BUCKET/PREFIX...")
+@click.argument("sources", nargs=-1, required=True,
+                metavar="PATH|s3://BUCKET/PREFIX|kinesis://STREAM...")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @click.option("--group", metavar="PREFIX", help="Only events whose log group starts with this.")
-@click.option("--region", help="AWS region for s3:// sources.")
-@click.option("--profile", help="AWS credentials profile for s3:// sources.")
-@click.option("--endpoint-url", help="S3 endpoint URL for s3:// sources.")
+@click.option("--region", help="AWS region for s3:// and kinesis:// sources.")
+@click.option("--profile", help="AWS credentials profile for s3:// and kinesis:// sources.")
+@click.option("--endpoint-url", help="S3 and Kinesis endpoint URL for s3:// and kinesis:// "
+              "sources.")
+@click.option("--max-records", type=click.IntRange(min=1),
+              default=constants.DUMP_MAX_KINESIS_RECORDS, show_default=True,
+              help="Read at most this many Kinesis records from each kinesis:// stream.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              default=constants.DUMP_KINESIS_TIMEOUT,
+              show_default=True, metavar="SECONDS",
+              help="Read each kinesis:// stream for at most this long; then name the shards "
+              "not read to the end and exit 1.")
 def dump(sources: tuple[str, ...], as_json: bool, group: str | None, region: str | None,
-         profile: str | None, endpoint_url: str | None) -> None:
-    """Print the messages of record files, spool directories or S3 objects."""
+         profile: str | None, endpoint_url: str | None, max_records: int,
+         timeout: float) -> None:
+    """Print the messages of record files, spool directories, S3 objects or Kinesis streams.
+
+    A kinesis://STREAM is read from every shard's oldest record (TRIM_HORIZON) until each
+    shard is caught up; KPL aggregated records are split, each event is printed.
+    """
     from kinesyslog import dump as dumping
 
     def s3_client() -> Any:
         return dumping.make_s3_client(region=region, profile=profile, endpoint_url=endpoint_url)
 
+    def kinesis_client() -> Any:
+        return dumping.make_kinesis_client(region=region, profile=profile,
+                                           endpoint_url=endpoint_url)
+
     sys.exit(dumping.dump(list(sources), as_json=as_json, group_prefix=group, out=sys.stdout,
-                          err=sys.stderr, s3_client_factory=s3_client))
+                          err=sys.stderr, s3_client_factory=s3_client,
+                          kinesis_client_factory=kinesis_client, max_records=max_records,
+                          timeout=timeout))
 
 
 def main() -> None:

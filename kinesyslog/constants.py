@@ -132,6 +132,8 @@ SYSTEMD_NOFILE_LIMIT = 65_536  # above DEFAULT_MAX_CONNECTIONS; systemd's defaul
 # `kinesyslog dump`: compressed bytes fed to the decompressor at a time, which bounds the
 # copy made of the rest of an object after each gzip member.
 DUMP_CHUNK_SIZE = 64 * 1024
+DUMP_MAX_KINESIS_RECORDS = 10_000  # Kinesis records read from one stream (--max-records)
+DUMP_KINESIS_TIMEOUT = 30.0  # seconds spent reading one stream (--timeout)
 
 # GELF 1.1 input (docs/contract.md §4.5, §4.6). A chunk is magic(2) id(8) sequence(1)
 # count(1) payload.
