@@ -36,7 +36,8 @@ def test_help_lists_every_option_with_its_variable() -> None:
                  "proxy-protocol", "spool-dir", "region", "profile", "gelf", "group-prefix",
                  "prometheus-port", "debug", "output-dir", "endpoint-url", "max-message-size",
                  "flush-size", "flush-interval", "spool-max-size", "shutdown-timeout",
-                 "rfc3164-timezone", "client-ca", "role-arn"):
+                 "rfc3164-timezone", "client-ca", "role-arn", "kinesis-stream", "kinesis-format",
+                 "kinesis-compress", "partition-key"):
         assert f"--{name}" in result.stdout
         assert "KINESYSLOG_" + name.upper().replace("-", "_") in result.stdout
 
@@ -71,6 +72,24 @@ def test_help_lists_every_option_with_its_variable() -> None:
     (["--stream", "s", "--tcp-port", "5514", "--no-such-option"], {}, "--no-such-option"),
     (["--stream", "s", "--tcp-port", "5514", "--spool-dir", "/proc/none"], {}, "--spool-dir"),
     ([], {"KINESYSLOG_STREAM": "s", "KINESYSLOG_UDP_PORT": "5514 99999"}, "--udp-port 99999"),
+    (["--stream", "s", "--kinesis-stream", "k", "--tcp-port", "5514"], {},
+     "--kinesis-stream: exclusive with --stream"),
+    (["--stream", "s", "--tcp-port", "5514"], {"KINESYSLOG_KINESIS_STREAM": "k"},
+     "--kinesis-stream: exclusive with --stream"),
+    (["--kinesis-stream", "k", "--output-dir", "/tmp/ksy-out", "--tcp-port", "5514"], {},
+     "--kinesis-stream: exclusive with --output-dir"),
+    (["--kinesis-stream", "no/slash", "--tcp-port", "5514"], {},
+     "--kinesis-stream 'no/slash': not a stream name"),
+    (["--kinesis-stream", "k", "--kinesis-compress", "--tcp-port", "5514"], {},
+     "--kinesis-compress: gzips KPL user records"),
+    (["--kinesis-stream", "k", "--kinesis-format", "json", "--tcp-port", "5514"], {},
+     "'json' is not one of 'cwl', 'kpl'"),
+    (["--kinesis-stream", "k", "--partition-key", "host", "--tcp-port", "5514"], {},
+     "'host' is not one of 'source', 'group', 'random'"),
+    (["--stream", "s", "--partition-key", "group", "--tcp-port", "5514"], {},
+     "only used with --kinesis-stream"),
+    (["--kinesis-stream", "k", "--partition-key", "group", "--group-prefix", "/" + "g" * 250,
+      "--tcp-port", "5514"], {}, "--group-prefix: 251 characters"),
 ])
 def test_bad_configuration_exits_78_with_one_line(args: list[str], env: dict[str, str],
                                                   needle: str) -> None:

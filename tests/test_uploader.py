@@ -25,7 +25,14 @@ import pytest
 from botocore.config import Config
 
 from kinesyslog import sinks as sinks_module
-from kinesyslog.aws import StreamCheckError, check_stream, client, get_owner, session
+from kinesyslog.aws import (
+    StreamCheckError,
+    check_kinesis_stream,
+    check_stream,
+    client,
+    get_owner,
+    session,
+)
 from kinesyslog.constants import (
     FIREHOSE_CONNECT_TIMEOUT,
     FIREHOSE_MAX_RECORD_BYTES,
@@ -444,6 +451,31 @@ def test_check_stream_outcomes(fake_firehose: FakeFirehose) -> None:
     warning = check_stream(client, "test-stream")
     fake_firehose.release()
     assert warning is not None and "timeout" in warning.lower()
+
+
+def test_check_kinesis_stream_outcomes(aws_env: dict[str, str]) -> None:
+    with FakeFirehose(kinesis_streams={"logs": 2}) as fake:
+        kinesis = boto3.client("kinesis", endpoint_url=fake.url, region_name="us-east-1",
+                               config=Config(retries={"total_max_attempts": 1},
+                                             read_timeout=0.5))
+        assert check_kinesis_stream(kinesis, "logs") is None
+        with pytest.raises(StreamCheckError) as caught:
+            check_kinesis_stream(kinesis, "nope")
+        assert str(caught.value) == ("--kinesis-stream nope: data stream not found in region "
+                                     "us-east-1; create it or fix --kinesis-stream/--region")
+        fake.script("DescribeStreamSummary", ACCESS_DENIED)
+        with pytest.raises(StreamCheckError, match=r"^--kinesis-stream logs: access denied "
+                                                   r"\(User.*allow kinesis:DescribeStreamSummary "
+                                                   r"and kinesis:PutRecords"):
+            check_kinesis_stream(kinesis, "logs")
+        fake.script("DescribeStreamSummary", UNRECOGNIZED_CLIENT)
+        with pytest.raises(StreamCheckError, match=r"^AWS rejected the credentials"):
+            check_kinesis_stream(kinesis, "logs")
+        fake.script("DescribeStreamSummary", INTERNAL_ERROR)
+        warning = check_kinesis_stream(kinesis, "logs") or ""
+        assert warning.startswith("could not check data stream logs in region us-east-1 "
+                                  "(InternalFailure")
+        assert warning.endswith("records are spooled until Kinesis accepts them")
 
 
 def test_check_stream_network_trouble_is_a_warning(aws_env: dict[str, str]) -> None:
