@@ -30,7 +30,7 @@ import logging
 import random
 import re
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from isal import isal_zlib
@@ -43,7 +43,7 @@ from kinesyslog.constants import (
     KINESIS_MAX_RECORD_BYTES,
     PARTITION_KEY_MODES,
 )
-from kinesyslog.records import build_records, events_of
+from kinesyslog.records import build_records
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -195,30 +195,41 @@ class RecordMaker:
                 for record in self._aggregate(batches)]
 
     def _aggregate(self, batches: Iterable[EventBatch]) -> list[kpl.KinesisRecord]:
-        """KPL records of every event, one aggregator per partition key (all random-key
-        records share one, whose key changes with each record)."""
+        """KPL records of every event, one aggregator per partition key (random keys: one
+        aggregator, a new key for each record)."""
         aggregators: dict[str, kpl.Aggregator] = {}
         made: list[kpl.KinesisRecord] = []
-        random_mode = self.key_mode == "random"
-        key = random_key() if random_mode else ""
         for group, source, body, ends in batches:
-            prefix = user_record_prefix(group, source)
-            if not random_mode:
-                key = partition_key(self.key_mode, group, source)
-            aggregator = aggregators.setdefault("" if random_mode else key, kpl.Aggregator())
-            for event in events_of(body, ends):
-                user_record = self._user_record(prefix + event[1:])  # "{" is the prefix's
-                if len(user_record) > _MAX_USER_RECORD_BYTES:
-                    user_record = self._shortened(user_record)
-                if random_mode and not aggregator.fits(key, user_record):
-                    made += aggregator.flush()
-                    key = random_key()
-                made += aggregator.add(key, user_record)
+            user_records = self._user_records(user_record_prefix(group, source), body, ends)
+            if self.key_mode == "random":
+                aggregator = aggregators.setdefault("", kpl.Aggregator())
+                key = aggregator.open_key or random_key()
+                made += aggregator.add_all(key, user_records, new_key=random_key)
+                continue
+            key = partition_key(self.key_mode, group, source)
+            if key not in aggregators:
+                aggregators[key] = kpl.Aggregator()
+            made += aggregators[key].add_all(key, user_records)
         for aggregator in aggregators.values():
             made += aggregator.flush()
         return made
 
-    def _user_record(self, document: bytes) -> bytes:
+    def _user_records(self, prefix: bytes, body: Buffer, ends: Sequence[int]
+                      ) -> Iterator[bytes]:
+        """Each event's user record: the prefix, then the event after its "{" (the prefix
+        has one), gzipped with --kinesis-compress, shortened if it is too large."""
+        view = memoryview(body)
+        start = 0
+        for end in ends:
+            user_record = prefix + view[start + 1:end]
+            start = end + len(records.SEPARATOR)
+            if self.compress:
+                user_record = gzip(user_record)
+            if len(user_record) > _MAX_USER_RECORD_BYTES:
+                user_record = self._shortened(user_record)
+            yield user_record
+
+    def _compressed(self, document: bytes) -> bytes:
         return gzip(document) if self.compress else document
 
     def _shortened(self, user_record: bytes) -> bytes:
@@ -236,7 +247,7 @@ class RecordMaker:
             message = message[:min(len(message) - 1,
                                    len(message) * _MAX_USER_RECORD_BYTES // len(user_record))]
             document["message"] = message
-            user_record = self._user_record(json.dumps(document).encode())
+            user_record = self._compressed(json.dumps(document).encode())
         records.truncated_events += 1
         log.warning("an event of %d characters does not fit in a %d-byte Kinesis record: its "
                     "message was cut to %d characters", original_length,

@@ -39,6 +39,7 @@ user records that land on the same shard, e.g. one ``Aggregator`` per partition 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from kinesyslog.constants import KINESIS_MAX_PARTITION_KEY_CHARS as MAX_PARTITION_KEY_CHARS
@@ -59,6 +60,7 @@ _TAG_DATA = b"\x1a"  # Record.data: 3, length-delimited
 _MAX_VARINT_BYTES = 10  # a uint64
 _UINT64_MAX = (1 << 64) - 1
 
+_ENCODED_KEYS_KEPT = 4096  # partition keys checked and encoded, kept for the next records
 # What an aggregated record costs beyond its protobuf message.
 _FIXED_OVERHEAD = len(MAGIC) + DIGEST_SIZE
 
@@ -72,22 +74,18 @@ class KinesisRecord:
     user_records: int
 
 
+_ONE_BYTE_VARINTS = [bytes((value,)) for value in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
-
-
-def _varint_size(value: int) -> int:
-    return max(1, (value.bit_length() + 6) // 7)
-
-
-def _field_size(length: int) -> int:
-    """A length-delimited field of ``length`` bytes: its one-byte tag, length and content."""
-    return 1 + _varint_size(length) + length
 
 
 class Aggregator:
@@ -98,11 +96,13 @@ class Aggregator:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, not {max_bytes}")
         self.max_bytes = max_bytes
+        self._encoded: dict[str, bytes] = {}  # checked partition keys, UTF-8
         self._reset()
 
     def _reset(self) -> None:
         self._partition_key = ""
         self._keys: dict[str, int] = {}
+        self._index_fields: list[bytes] = []  # Record.partition_key_index of each key
         self._key_fields: list[bytes] = []
         self._record_fields: list[bytes] = []
         self._user_records = 0
@@ -124,47 +124,70 @@ class Aggregator:
         """Add a user record; return the aggregated record it closed, if it did not fit in
         the open one (the user record then starts the next). A user record that cannot fit
         even alone raises ValueError and leaves the aggregator as it was."""
-        if not 1 <= len(partition_key) <= MAX_PARTITION_KEY_CHARS:
-            raise ValueError(
-                f"partition key of {len(partition_key)} characters: Kinesis takes 1 to "
-                f"{MAX_PARTITION_KEY_CHARS}"
-            )
-        key = partition_key.encode()
-        data_size = len(data)
-        alone = (
-            _FIXED_OVERHEAD
-            + len(key)
-            + _field_size(len(key))
-            + _field_size(2 + _field_size(data_size))  # index 0: one varint byte, plus tag
-        )
-        if alone > self.max_bytes:
-            raise ValueError(
-                f"user record of {data_size} bytes with a {len(key)}-byte partition key makes "
-                f"a Kinesis record of {alone} bytes, over the limit of {self.max_bytes}"
-            )
+        key = self._encode(partition_key)
+        data_header = _TAG_DATA + _varint(len(data))
         full: list[KinesisRecord] = []
-        index = self._keys.get(partition_key)
-        if self._user_records:
-            grown = self._grown_size(partition_key, key, data_size)
-            if grown > self.max_bytes:
-                full = self.flush()
-                index = None
-            else:
-                self._size = grown
-        if not self._user_records:
+        grown = self._grown_size(partition_key, key, data_header, len(data))
+        if self._user_records and grown <= self.max_bytes:
+            self._size = grown
+        else:
+            alone = self._alone_size(key, data_header, len(data))
+            if alone > self.max_bytes:
+                raise ValueError(
+                    f"user record of {len(data)} bytes with a {len(key)}-byte partition key "
+                    f"makes a Kinesis record of {alone} bytes, over the limit of "
+                    f"{self.max_bytes}"
+                )
+            full = self.flush()
             self._partition_key = partition_key
             self._size = alone
+        index = self._keys.get(partition_key)
         if index is None:
             index = len(self._keys)
             self._keys[partition_key] = index
+            self._index_fields.append(_TAG_PARTITION_KEY_INDEX + _varint(index))
             self._key_fields.append(_TAG_PARTITION_KEY_TABLE + _varint(len(key)) + key)
-        index_field = _TAG_PARTITION_KEY_INDEX + _varint(index)
-        inner = len(index_field) + _field_size(data_size)
-        self._record_fields.append(
-            _TAG_RECORDS + _varint(inner) + index_field + _TAG_DATA + _varint(data_size)
-        )
+        index_field = self._index_fields[index]
+        inner = len(index_field) + len(data_header) + len(data)
+        self._record_fields.append(_TAG_RECORDS + _varint(inner) + index_field + data_header)
         self._record_fields.append(bytes(data))
         self._user_records += 1
+        return full
+
+    @property
+    def open_key(self) -> str:
+        """The partition key of the open aggregated record ("" when there is none)."""
+        return self._partition_key if self._user_records else ""
+
+    def add_all(self, partition_key: str, datas: Iterable[bytes],
+                new_key: Callable[[], str] | None = None) -> list[KinesisRecord]:
+        """``add`` of each user record in turn, under one partition key: the aggregated
+        records they closed. The same result, at a fraction of the cost per user record.
+        With ``new_key``, each aggregated record after the open one gets a key of its own
+        (all its user records under it)."""
+        full: list[KinesisRecord] = []
+        fields = self._record_fields
+        max_bytes = self.max_bytes
+        for data in datas:
+            index = self._keys.get(partition_key) if self._user_records else None
+            if index is not None:  # the common case, inline: the key is in the open record
+                size = len(data)
+                data_header = _TAG_DATA + _varint(size)
+                index_field = self._index_fields[index]
+                inner = len(index_field) + len(data_header) + size
+                header = _TAG_RECORDS + _varint(inner)
+                grown = self._size + len(header) + inner
+                if grown <= max_bytes:
+                    self._size = grown
+                    fields.append(header + index_field + data_header)
+                    fields.append(data)
+                    self._user_records += 1
+                    continue
+            if new_key is not None and self._user_records:  # it does not fit: a new record
+                full += self.flush()
+                partition_key = new_key()
+            full += self.add(partition_key, data)
+            fields = self._record_fields  # a new list once a record was closed
         return full
 
     def fits(self, partition_key: str, data: bytes) -> bool:
@@ -172,17 +195,40 @@ class Aggregator:
         empty aggregator takes any that fits alone)."""
         if not self._user_records:
             return True
-        key = partition_key.encode()
-        return self._grown_size(partition_key, key, len(data)) <= self.max_bytes
+        key = self._encode(partition_key)
+        data_header = _TAG_DATA + _varint(len(data))
+        return self._grown_size(partition_key, key, data_header, len(data)) <= self.max_bytes
 
-    def _grown_size(self, partition_key: str, key: bytes, data_size: int) -> int:
+    def _encode(self, partition_key: str) -> bytes:
+        key = self._encoded.get(partition_key)
+        if key is None:
+            if not 1 <= len(partition_key) <= MAX_PARTITION_KEY_CHARS:
+                raise ValueError(
+                    f"partition key of {len(partition_key)} characters: Kinesis takes 1 to "
+                    f"{MAX_PARTITION_KEY_CHARS}"
+                )
+            if len(self._encoded) >= _ENCODED_KEYS_KEPT:
+                self._encoded.clear()
+            key = self._encoded[partition_key] = partition_key.encode()
+        return key
+
+    def _grown_size(self, partition_key: str, key: bytes, data_header: bytes,
+                    data_size: int) -> int:
         """The open record's size once this user record is in it."""
         index = self._keys.get(partition_key)
         grown = self._size
         if index is None:
-            grown += _field_size(len(key))
+            grown += 1 + len(_varint(len(key))) + len(key)  # a new entry of the key table
             index = len(self._keys)
-        return grown + _field_size(1 + _varint_size(index) + _field_size(data_size))
+        inner = len(_varint(index)) + 1 + len(data_header) + data_size
+        return grown + 1 + len(_varint(inner)) + inner
+
+    @staticmethod
+    def _alone_size(key: bytes, data_header: bytes, data_size: int) -> int:
+        """The size of a record holding this user record alone."""
+        inner = 2 + len(data_header) + data_size  # index 0: its tag and a one-byte varint
+        return (_FIXED_OVERHEAD + len(key) + 1 + len(_varint(len(key))) + len(key)
+                + 1 + len(_varint(inner)) + inner)
 
     def flush(self) -> list[KinesisRecord]:
         """The open aggregated record, if it holds any user record; the aggregator is then

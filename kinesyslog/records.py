@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kinesyslog.records")
 
-_SEPARATOR = b", "
+SEPARATOR = b", "
 _TRAILER = b"]}"
 _GZIP_WBITS = 31  # a gzip container
 
@@ -64,9 +64,9 @@ def build_records(owner: str, log_group: str, log_stream: str, body: Buffer,
 
 def joined(events: list[bytes]) -> tuple[bytes, list[int]]:
     """(body, ends) of a list of encoded events, as build_records() takes them."""
-    body = _SEPARATOR.join(events)
-    ends = [end - len(_SEPARATOR)
-            for end in accumulate(len(event) + len(_SEPARATOR) for event in events)]
+    body = SEPARATOR.join(events)
+    ends = [end - len(SEPARATOR)
+            for end in accumulate(len(event) + len(SEPARATOR) for event in events)]
     return body, ends
 
 
@@ -78,7 +78,7 @@ def events_of(body: Buffer, ends: Sequence[int]) -> list[bytes]:
 
 def _start(ends: Sequence[int], first: int) -> int:
     """Where event ``first`` begins in the body."""
-    return ends[first - 1] + len(_SEPARATOR) if first else 0
+    return ends[first - 1] + len(SEPARATOR) if first else 0
 
 
 def _compress(header: bytes, events: memoryview | bytes) -> bytes:
@@ -108,7 +108,7 @@ def _balanced_split(ends: Sequence[int], first: int, stop: int, parts: int) -> l
     indexes where the runs start, then ``stop``. Sizes count each event with a separator."""
     base = _start(ends, first)
     # Bytes up to and including event first+i, each event with its separator.
-    size = [ends[i] + len(_SEPARATOR) - base for i in range(first, stop)]
+    size = [ends[i] + len(SEPARATOR) - base for i in range(first, stop)]
     total = size[-1]
     count = stop - first
     cuts = [0]

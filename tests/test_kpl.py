@@ -267,3 +267,28 @@ def test_an_aggregated_record_of_nothing() -> None:
 def test_malformed_aggregated_records(data: bytes, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         deaggregate("k", data)
+
+
+def test_add_all_is_add_of_each() -> None:
+    sizes = [0, 1, 127, 128, 300, 16383, 16384, 200_000, 5, 700_000, 3, 150_000, 90]
+    datas = [bytes([index % 256]) * size for index, size in enumerate(sizes)]
+    one_by_one = Aggregator()
+    expected = [r for data in datas for r in one_by_one.add("k", data)] + one_by_one.flush()
+    assert len(expected) == 2
+    together = Aggregator()
+    assert together.add_all("k", datas[:4]) + together.add_all("k", datas[4:]) \
+        + together.flush() == expected
+
+
+def test_add_all_with_a_new_key_for_each_record() -> None:
+    keys = iter(["k1", "k2", "k3", "k4"])
+    aggregator = Aggregator(300_000)
+    records = aggregator.add_all("k0", [b"x" * 100_000] * 7, new_key=lambda: next(keys))
+    assert aggregator.open_key == "k3"
+    records += aggregator.flush()
+    assert aggregator.open_key == ""
+    assert [(r.partition_key, r.user_records) for r in records] == [
+        ("k0", 2), ("k1", 2), ("k2", 2), ("k3", 1)]
+    for record in records:
+        assert aws_deaggregate(record) == [(record.partition_key, b"x" * 100_000)] * \
+            record.user_records
