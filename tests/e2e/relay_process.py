@@ -104,6 +104,16 @@ class Relay:
                         children[role] = int(pid)
         return children
 
+    def children(self, timeout: float = 10.0) -> dict[str, int]:
+        """child_pids() once both children are there: a child just forked still carries the
+        listener's title until it set its own."""
+        deadline = time.monotonic() + timeout
+        while True:
+            children = self.child_pids()
+            if set(children) == {"worker", "uploader"} or time.monotonic() > deadline:
+                return children
+            time.sleep(0.05)
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         assert self.process is not None
         if self.process.poll() is None:

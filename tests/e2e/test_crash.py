@@ -66,7 +66,7 @@ def test_sigkill_loses_nothing_read(moto_server, tmp_path: Path, victims: tuple[
     try:
         sender.start()
         wait_for(lambda: sender.sent >= 60_000, 60, message="messages flowing")
-        children = relay.child_pids()
+        children = relay.children()
         pids = {"listener": relay.pid, **children}
         for victim in victims:
             os.kill(pids[victim], signal.SIGKILL)

@@ -185,7 +185,7 @@ def test_sigkill_during_failing_uploads_loses_nothing(fake_kinesis: FakeFirehose
             sender.start()
         wait_for(lambda: sum(s.sent for s in senders) >= 30_000 and len(fake_kinesis.records) > 20,
                  60, message="messages flowing and some records stored")
-        children = relay.child_pids()
+        children = relay.children()
         for pid in [relay.pid, *children.values()]:
             os.kill(pid, signal.SIGKILL)
         relay.wait(30)

@@ -189,7 +189,7 @@ def test_dead_child_stops_relay(tmp_path: Path) -> None:
     relay = Relay(["--output-dir", str(tmp_path / "out"), "--spool-dir", str(tmp_path / "s"),
                    "--tcp-port", str(port), "--address", "127.0.0.1"]).start()
     try:
-        children = relay.child_pids()
+        children = relay.children()
         assert set(children) == {"worker", "uploader"}
         import os
         import signal
