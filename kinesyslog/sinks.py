@@ -160,6 +160,19 @@ def put_record_batch_body(stream: str, records: Sequence[bytes]) -> bytes:
     return b"".join(parts)  # one copy of the encoded records
 
 
+class PrebuiltBody:
+    """A request body built by the sink: botocore's hook between serializing a call and
+    signing it puts it in place of the one serialized from placeholder records."""
+
+    def __init__(self, client: Any, event: str) -> None:
+        self.body: bytes | None = None
+        client.meta.events.register(event, self._put)
+
+    def _put(self, params: dict[str, Any], **_: Any) -> None:
+        if self.body is not None:
+            params["body"] = self.body
+
+
 class FirehoseSink:
     destination = "firehose"
     name = "Firehose"
@@ -171,14 +184,7 @@ class FirehoseSink:
         self.client = client
         self.stream = stream
         self.last_error = ""
-        self._body: bytes | None = None
-        # botocore's hook between serializing a call and signing it: the body built above
-        # replaces the one serialized from placeholder records.
-        client.meta.events.register("before-call.firehose.PutRecordBatch", self._put_body)
-
-    def _put_body(self, params: dict[str, Any], **_: Any) -> None:
-        if self._body is not None:
-            params["body"] = self._body
+        self._body = PrebuiltBody(client, "before-call.firehose.PutRecordBatch")
 
     def load(self, path: Path) -> Record:
         return Record(path, read_record(path))
@@ -186,7 +192,7 @@ class FirehoseSink:
     def send(self, batch: Batch) -> list[str | None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        self._body = put_record_batch_body(self.stream, [record.data for record in batch])
+        self._body.body = put_record_batch_body(self.stream, [record.data for record in batch])
         try:
             response = self.client.put_record_batch(
                 DeliveryStreamName=self.stream, Records=[{"Data": b""}] * len(batch))
@@ -194,7 +200,7 @@ class FirehoseSink:
             self.last_error = str(error)
             return [error_code(error)] * len(batch)
         finally:
-            self._body = None
+            self._body.body = None
         entries = response.get("RequestResponses") or []
         results: list[str | None] = []
         for index in range(len(batch)):
@@ -236,12 +242,7 @@ class KinesisSink:
         self.last_error = ""
         self.key_load = KeyLoad()
         self._gauges_at = 0.0
-        self._body: bytes | None = None
-        client.meta.events.register("before-call.kinesis.PutRecords", self._put_body)
-
-    def _put_body(self, params: dict[str, Any], **_: Any) -> None:
-        if self._body is not None:
-            params["body"] = self._body
+        self._body = PrebuiltBody(client, "before-call.kinesis.PutRecords")
 
     def load(self, path: Path) -> Record:
         partition_key, data = load_spooled(path)
@@ -256,7 +257,7 @@ class KinesisSink:
         for record in batch:
             self.key_load.add(now, record.partition_key, record.size)
         self._publish_key_load(now)
-        self._body = put_records_body(self.stream, batch)
+        self._body.body = put_records_body(self.stream, batch)
         placeholder = {"Data": b"", "PartitionKey": "-"}
         try:
             response = self.client.put_records(StreamName=self.stream,
@@ -265,7 +266,7 @@ class KinesisSink:
             self.last_error = str(error)
             return [error_code(error)] * len(batch)
         finally:
-            self._body = None
+            self._body.body = None
         entries = response.get("Records") or []
         results: list[str | None] = []
         shard_records: Counter[str] = Counter()
