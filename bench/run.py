@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Throughput and memory benchmark of a syslog relay, end to end: socket → records on disk
-(or in S3, through a local moto Firehose), our relay beside rsyslog.
+(or in S3 through a local moto Firehose, or in a moto Kinesis data stream), our relay beside
+rsyslog.
 
 Each run starts a fresh system (our relay or rsyslogd, in new directories), sends N numbered
 RFC 5424 (or GELF 1.1) messages, waits until all were delivered or nothing new came for a
@@ -46,7 +47,14 @@ from bench.senders import (  # noqa: E402
     send_udp_blast,
     write_datagrams,
 )
-from bench.systems import Kinesyslog, Rsyslog, StartError, Stub, System  # noqa: E402
+from bench.systems import (  # noqa: E402
+    DESTINATIONS,
+    Kinesyslog,
+    Rsyslog,
+    StartError,
+    Stub,
+    System,
+)
 from bench.verify import GELF_SEQ_DIGITS, SD_ID, Tally  # noqa: E402
 from kinesyslog.constants import GELF_CHUNK_MAGIC, GELF_MAX_CHUNKS  # noqa: E402
 
@@ -156,7 +164,7 @@ def gelf_chunks(messages: list[bytes], count: int) -> list[bytes]:
     """Each message split into count GELF chunks, in order, one datagram each:
     magic 0x1e 0x0f, 8-byte message id, sequence number, sequence count, then the part."""
     salt = random.getrandbits(32) << 32  # ids differ between runs, as real senders' do
-    datagrams = []
+    datagrams: list[bytes] = []
     for seq, message in enumerate(messages):
         if len(message) < count:
             raise ValueError(f"a {len(message)}-byte message cannot make {count} chunks")
@@ -288,7 +296,8 @@ def run_scenario(context: Context, scenario: Scenario, system_name: str,
     system = make_system(context, system_name, scenario, workdir)
     result.update(command=system.command(), workdir=str(workdir))
     if isinstance(system, Kinesyslog):
-        result["firehose"] = "moto" if system.moto else "stub" if args.legacy else "output-dir"
+        result["firehose"] = (args.firehose if system.moto else "stub" if args.legacy
+                              else "output-dir")
     checker = system.checker(messages, scenario.connections, scenario.protocol == "gelf",
                              context.base_second)
     try:
@@ -311,6 +320,7 @@ def run_scenario(context: Context, scenario: Scenario, system_name: str,
             )
             result.update(system.results())
             tally = system.check(checker)  # moto must still run: it is stopped after this
+            result.update(system.read_stats())
         finally:
             system.cleanup()
     except (StartError, OSError, threading.BrokenBarrierError) as error:
@@ -513,9 +523,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ready-timeout", type=float, default=60.0)
     parser.add_argument("--stop-timeout", type=float, default=120.0,
                         help="how long SIGTERM may take before the system is killed")
-    parser.add_argument("--firehose", choices=("output-dir", "moto"), default="output-dir",
-                        help="where our relay delivers: --output-dir, or a private moto_server "
-                             "Firehose into S3 (the uploader then works too)")
+    parser.add_argument("--firehose", "--destination", choices=DESTINATIONS,
+                        default="output-dir",
+                        help="where our relay delivers: --output-dir; a private moto_server "
+                             "Firehose into S3 (moto); or a moto Kinesis data stream of 4 "
+                             "shards, with --kinesis-format cwl (kinesis-cwl), kpl "
+                             "(kinesis-kpl) or kpl --kinesis-compress (kinesis-kpl-gzip); "
+                             "the uploader then works too")
     parser.add_argument("--udp-sender", choices=("c", "python"), default="c",
                         help="UDP sender: bench/udp_blast.c (sendmmsg, built with gcc) or one "
                              "Python thread")
@@ -548,8 +562,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--repeat must be at least 1")
     if not 1 <= args.udp_batch <= 1024:
         parser.error("--udp-batch must be 1..1024")
-    if args.legacy and args.firehose == "moto":
-        parser.error("--legacy runs against its own stand-in, not --firehose moto")
+    if args.legacy and args.firehose != "output-dir":
+        parser.error(f"--legacy runs against its own stand-in, not --firehose {args.firehose}")
     return args
 
 
@@ -610,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": [],
     }
     table = columns(args.system != ["kinesyslog"], any(s.transport == "udp" for s in scenarios),
-                    args.firehose == "moto")
+                    args.firehose != "output-dir")
     headers, widths = [name for name, _, _ in table], [width for _, width, _ in table]
     print(table_row(headers, headers, widths), flush=True)
     try:

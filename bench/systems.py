@@ -1,6 +1,6 @@
 """The systems under test, each started fresh for one run and always stopped by pid:
-our relay (records to --output-dir, to a local moto Firehose, or kinesyslog 2.x against a
-stand-in) and rsyslog (imptcp/imudp to omfile)."""
+our relay (records to --output-dir, to a local moto Firehose or Kinesis data stream, or
+kinesyslog 2.x against a stand-in) and rsyslog (imptcp/imudp to omfile)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +32,7 @@ from bench.procs import (
     stop_process,
     udp_socket_drops,
 )
-from bench.verify import Checker, LineChecker, RecordChecker, Tally
+from bench.verify import Checker, LineChecker, RecordChecker, StreamChecker, Tally
 from kinesyslog.constants import SPOOL_LEGACY_PREFIX, SPOOL_RECORD_PREFIX
 from kinesyslog.listeners import UDP_SOCKET_BUFFER
 
@@ -50,11 +52,24 @@ MOTO_STREAM = "kinesyslog-bench"
 MOTO_REGION = "us-east-1"
 MOTO_ACCOUNT = "123456789012"  # moto's default account
 MOTO_POLL_INTERVAL = 0.1  # seconds between S3 listings: the resolution of elapsed_s in moto mode
+MOTO_LISTER_JOIN_TIMEOUT = 10.0
+# A Firehose S3 key up to the second it was written in: ...STREAM-VERSION-YYYY-MM-DD-HH-MM-SS-
+FIREHOSE_KEY_SECOND = re.compile(r".*-\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d-")
 MOTO_STOP_TIMEOUT = 10.0
+# --firehose values that deliver to a moto Kinesis data stream: (--kinesis-format, compress).
+KINESIS_DESTINATIONS = {"kinesis-cwl": ("cwl", False), "kinesis-kpl": ("kpl", False),
+                        "kinesis-kpl-gzip": ("kpl", True)}
+DESTINATIONS = ("output-dir", "moto", *KINESIS_DESTINATIONS)
+KINESIS_SHARDS = 4
+# Records per GetRecords call: the relay's records are at most 1 MiB, so a page holds at most
+# about the 10 MB a real GetRecords call returns (moto has no bound of its own).
+GET_RECORDS_LIMIT = 10
+MAX_GET_RECORDS_CALLS = 100_000  # per shard: far more than a run writes
 # AWS settings that must not leak into a run against moto (a profile, real endpoints).
 AWS_VARIABLES_CLEARED = (
     "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
     "AWS_REGION", "AWS_ENDPOINT_URL_FIREHOSE", "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_KINESIS",
     "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
 )
@@ -73,7 +88,7 @@ def free_port(kind: socket.SocketKind) -> int:
 
 def dummy_aws_env(endpoint_url: str, workdir: Path) -> dict[str, str]:
     """The environment for a program that talks to moto only: dummy credentials, no profile,
-    every AWS endpoint (Firehose, STS, S3) the local server."""
+    every AWS endpoint (Firehose, Kinesis, STS, S3) the local server."""
     env = {key: value for key, value in os.environ.items() if key not in AWS_VARIABLES_CLEARED}
     absent = str(workdir / "no-aws-config")
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
@@ -203,10 +218,11 @@ def moto_server_command() -> str:
 
 class MotoServer:
     """A private moto_server on a free loopback port with one S3 bucket and one DirectPut
-    delivery stream into it; moto writes each PutRecordBatch call's records, concatenated,
-    as one S3 object. Its CPU and memory are sampled apart from the system under test's."""
+    delivery stream into it (moto writes each PutRecordBatch call's records, concatenated,
+    as one S3 object), or with kinesis one Kinesis data stream of KINESIS_SHARDS shards.
+    Its CPU and memory are sampled apart from the system under test's."""
 
-    def __init__(self, workdir: Path, ready_timeout: float) -> None:
+    def __init__(self, workdir: Path, ready_timeout: float, kinesis: bool = False) -> None:
         self.port = free_port(socket.SOCK_STREAM)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "moto_server.log"
@@ -215,8 +231,14 @@ class MotoServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.sampler: Sampler | None = None
         self.cpu_at_start = 0.0  # its start-up (imports, the bucket, the stream) is not counted
-        self.seen: set[str] = set()
+        self.kinesis = kinesis
+        self.objects_read = 0
+        self.first_listed: dict[str, float] = {}  # S3 keys: when a listing first showed them
+        self._stop_listing = threading.Event()
+        self._lister: threading.Thread | None = None
         self._s3: Any = None
+        self._kinesis: Any = None
+        self.shard_records: Counter[str] = Counter()  # Kinesis records read, per shard
 
     def start(self) -> None:
         with open(self.log_path, "wb") as log:
@@ -227,39 +249,96 @@ class MotoServer:
         self.sampler = Sampler(self.proc.pid, lambda pid, root: "moto_server")
         wait_until(lambda: port_bound("tcp", self.port), self.proc, self.ready_timeout,
                    "moto_server", self.log_path)
-        import boto3  # only moto mode needs it
-
-        def client(service: str) -> Any:
-            return boto3.client(service, endpoint_url=self.url, region_name=MOTO_REGION,
-                                aws_access_key_id="testing", aws_secret_access_key="testing")
-
-        self._s3 = client("s3")
-        self._s3.create_bucket(Bucket=MOTO_BUCKET)
-        client("firehose").create_delivery_stream(
-            DeliveryStreamName=MOTO_STREAM, DeliveryStreamType="DirectPut",
-            ExtendedS3DestinationConfiguration={
-                "RoleARN": f"arn:aws:iam::{MOTO_ACCOUNT}:role/firehose-bench",
-                "BucketARN": f"arn:aws:s3:::{MOTO_BUCKET}",
-                "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60}})
+        if self.kinesis:  # moto's stream is ACTIVE at once and has no throughput limits
+            self._kinesis = self.client("kinesis")
+            self._kinesis.create_stream(StreamName=MOTO_STREAM, ShardCount=KINESIS_SHARDS)
+        else:
+            self._s3 = self.client("s3")
+            self._s3.create_bucket(Bucket=MOTO_BUCKET)
+            self.client("firehose").create_delivery_stream(
+                DeliveryStreamName=MOTO_STREAM, DeliveryStreamType="DirectPut",
+                ExtendedS3DestinationConfiguration={
+                    "RoleARN": f"arn:aws:iam::{MOTO_ACCOUNT}:role/firehose-bench",
+                    "BucketARN": f"arn:aws:s3:::{MOTO_BUCKET}",
+                    "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60}})
         self.sampler.sample()
         self.cpu_at_start = self.sampler.cpu_seconds()
         self.sampler.start()
+        if not self.kinesis:
+            self._lister = threading.Thread(target=self._list_bucket, args=(self.client("s3"),),
+                                            name="moto-s3-lister", daemon=True)
+            self._lister.start()
 
-    def new_objects(self) -> list[tuple[str, bytes]]:
-        """The bucket's objects not returned before (as tests/e2e/test_relay.py reads them)."""
+    def client(self, service: str) -> Any:
+        import boto3  # only moto mode needs it
+
+        return boto3.client(service, endpoint_url=self.url, region_name=MOTO_REGION,
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def _list_bucket(self, s3: Any) -> None:
+        """Lists the bucket every MOTO_POLL_INTERVAL s (also while the harness sends) and
+        notes when each key was first listed: S3's LastModified has whole seconds only.
+        Firehose's keys sort by the second they were written in, so each listing starts at
+        the newest second seen (moto's CPU for a listing grows with the keys it returns).
+        objects() reports what fails."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        found = []
+        start_after: dict[str, str] = {}
+        while not self._stop_listing.wait(MOTO_POLL_INTERVAL):
+            try:
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=MOTO_BUCKET,
+                                                                          **start_after):
+                    listed = time.time()
+                    for item in page.get("Contents", []):
+                        self.first_listed.setdefault(item["Key"], listed)
+                        second = FIREHOSE_KEY_SECOND.match(item["Key"])
+                        if second and second[0] > start_after.get("StartAfter", ""):
+                            start_after["StartAfter"] = second[0]
+            except (BotoCoreError, ClientError):
+                continue
+
+    def objects(self) -> Iterator[tuple[str, bytes, float]]:
+        """Each object of the bucket (read as tests/e2e/test_relay.py does) with when it was
+        first listed, one at a time."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=MOTO_BUCKET):
+                listed = time.time()
                 for item in page.get("Contents", []):
-                    if item["Key"] not in self.seen:
-                        body = self._s3.get_object(Bucket=MOTO_BUCKET, Key=item["Key"])["Body"]
-                        found.append((item["Key"], body.read()))
-                        self.seen.add(item["Key"])
+                    key = item["Key"]
+                    body = self._s3.get_object(Bucket=MOTO_BUCKET, Key=key)["Body"].read()
+                    self.objects_read += 1
+                    yield key, body, self.first_listed.setdefault(key, listed)
         except (BotoCoreError, ClientError) as error:
             raise OSError(f"reading moto's S3 bucket: {error}") from None
-        return found
+
+    def records(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        """(shard id, records) of each GetRecords page of the stream: every shard from
+        TRIM_HORIZON until a call returns no records, one page at a time."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            shards = self._kinesis.list_shards(StreamName=MOTO_STREAM)["Shards"]
+            for shard in (shard["ShardId"] for shard in shards):
+                iterator = self._kinesis.get_shard_iterator(
+                    StreamName=MOTO_STREAM, ShardId=shard,
+                    ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+                for _ in range(MAX_GET_RECORDS_CALLS):
+                    answer = self._kinesis.get_records(ShardIterator=iterator,
+                                                       Limit=GET_RECORDS_LIMIT)
+                    if not answer["Records"]:
+                        break
+                    self.shard_records[shard] += len(answer["Records"])
+                    yield shard, answer["Records"]
+                    iterator = answer.get("NextShardIterator")
+                    if not iterator:  # a closed shard's end
+                        break
+                else:
+                    raise OSError(f"moto's Kinesis shard {shard} did not end after "
+                                  f"{MAX_GET_RECORDS_CALLS} GetRecords calls")
+        except (BotoCoreError, ClientError) as error:
+            raise OSError(f"reading moto's Kinesis stream: {error}") from None
 
     def final_sample(self) -> None:
         if self.sampler:
@@ -274,6 +353,9 @@ class MotoServer:
                 "moto_peak_pss_mb": round(self.sampler.peak_pss_kb * KIB / MB, 1)}
 
     def stop(self) -> None:
+        self._stop_listing.set()
+        if self._lister:
+            self._lister.join(MOTO_LISTER_JOIN_TIMEOUT)
         if self.proc is not None:
             stop_process(self.proc, MOTO_STOP_TIMEOUT, "moto_server", self.sampler)
 
@@ -361,6 +443,10 @@ class System:
         found["udp_socket_drops"] = self.udp_drops
         return found
 
+    def read_stats(self) -> dict[str, Any]:
+        """What check() read besides the tally."""
+        return {}
+
     def cleanup(self) -> None:
         """Stops helpers (moto) after the system itself."""
 
@@ -382,8 +468,9 @@ class Kinesyslog(System):
         self.out.mkdir()
         self.log_path = workdir / "relay.log"
         self.stub_url = stub_url
-        self.moto = (MotoServer(workdir, args.ready_timeout)
-                     if args.firehose == "moto" and not args.legacy else None)
+        self.kinesis = KINESIS_DESTINATIONS.get(args.firehose)  # (format, compress)
+        self.moto = (MotoServer(workdir, args.ready_timeout, self.kinesis is not None)
+                     if args.firehose != "output-dir" and not args.legacy else None)
 
     @property
     def collect_dir(self) -> Path:
@@ -407,7 +494,12 @@ class Kinesyslog(System):
         if self.args.legacy:  # only options that kinesyslog 2.x knows
             return [*cmd, "--stream", LEGACY_STREAM, "--tls-port", "0",
                     *self.args.relay_arg]
-        if self.moto:
+        if self.moto and self.kinesis:
+            record_format, compress = self.kinesis
+            cmd += ["--kinesis-stream", MOTO_STREAM, "--kinesis-format", record_format,
+                    *(["--kinesis-compress"] if compress else []),
+                    "--endpoint-url", self.moto.url, "--region", MOTO_REGION]
+        elif self.moto:
             cmd += ["--stream", MOTO_STREAM, "--endpoint-url", self.moto.url,
                     "--region", MOTO_REGION]
         else:
@@ -477,12 +569,14 @@ class Kinesyslog(System):
                 base_second: int) -> RecordChecker:
         # kinesyslog 2.x's group names are not part of what --legacy checks
         suffix = None if self.args.legacy else f"/{'gelf' if gelf else 'syslog'}/{self.port}"
+        if self.kinesis and suffix:
+            return StreamChecker(messages, connections, gelf, base_second, suffix,
+                                 *self.kinesis)
         return RecordChecker(messages, connections, gelf, base_second, suffix)
 
     def wait_delivered(self, checker: Checker, deadline: float) -> dict[str, Any]:
         if self.moto:
-            assert isinstance(checker, RecordChecker)
-            return self._wait_s3(checker, deadline)
+            return self._wait_spool(deadline)
         return self._wait_files(deadline)
 
     def _wait_files(self, deadline: float) -> dict[str, Any]:
@@ -504,22 +598,42 @@ class Kinesyslog(System):
             time.sleep(POLL_INTERVAL)
         return {"files_seen": len(seen), "quiet": quiet}
 
-    def _wait_s3(self, checker: RecordChecker, deadline: float) -> dict[str, Any]:
-        """Reads every new S3 object as it appears (an object counts as delivered when
-        first listed) until all messages are there or none came for --quiet seconds."""
-        assert self.moto is not None
+    def _wait_spool(self, deadline: float) -> dict[str, Any]:
+        """Watches the spool, without reading anything, until it holds no record and did not
+        change for --quiet seconds: the uploader deletes each record once Firehose or
+        Kinesis took it (here moto, which then has it in S3 or in the stream)."""
+        present: set[str] = set()
+        seen = 0
         last_change = time.monotonic()
         quiet = False
         while time.monotonic() < deadline and self.alive():
-            for key, body in self.moto.new_objects():
-                checker.feed(key, body, time.time())
+            with os.scandir(self.spool) as entries:
+                now = {entry.name for entry in entries
+                       if entry.name.startswith(SPOOL_RECORD_PREFIX)}
+            if now != present:
+                seen += len(now - present)
+                present = now
                 last_change = time.monotonic()
-            if checker.tally.distinct >= checker.count \
-                    or time.monotonic() - last_change >= self.args.quiet:
+            if not present and time.monotonic() - last_change >= self.args.quiet:
                 quiet = True
                 break
-            time.sleep(MOTO_POLL_INTERVAL)
-        return {"files_seen": len(self.moto.seen), "quiet": quiet}
+            time.sleep(POLL_INTERVAL)
+        return {"files_seen": seen, "quiet": quiet}
+
+    def _check_moto(self, checker: RecordChecker) -> None:
+        """Feeds what moto got to checker, an S3 object or a GetRecords page at a time. An
+        S3 object counts as delivered when first listed, a Kinesis record at its
+        ApproximateArrivalTimestamp (moto: when PutRecords stored it, in ms)."""
+        assert self.moto is not None
+        if not isinstance(checker, StreamChecker):
+            for key, body, listed in self.moto.objects():
+                checker.feed(key, body, listed)
+            return
+        for shard, records in self.moto.records():
+            for record in records:
+                checker.feed_record(f"{shard}/{record['SequenceNumber']}",
+                                    record["PartitionKey"], record["Data"],
+                                    record["ApproximateArrivalTimestamp"].timestamp())
 
     def final_sample(self) -> None:
         super().final_sample()
@@ -528,9 +642,8 @@ class Kinesyslog(System):
 
     def check(self, checker: Checker) -> Tally:
         assert isinstance(checker, RecordChecker)
-        if self.moto:  # what the shutdown still uploaded
-            for key, body in self.moto.new_objects():
-                checker.feed(key, body, time.time())
+        if self.moto:  # after the stop: what the shutdown uploaded is there too
+            self._check_moto(checker)
             return checker.finish()
         for path in sorted(self.collect_dir.iterdir()):
             if self.is_record(path.name) and path.is_file():
@@ -546,6 +659,13 @@ class Kinesyslog(System):
             received, dropped = matches[-1]
             found.update(relay_received=int(received), relay_udp_dropped=int(dropped))
         return found
+
+    def read_stats(self) -> dict[str, Any]:
+        if self.moto and self.kinesis:
+            return {"kinesis_shard_records": dict(sorted(self.moto.shard_records.items()))}
+        if self.moto:
+            return {"s3_objects": self.moto.objects_read}
+        return {}
 
     def cleanup(self) -> None:
         if self.moto:

@@ -1,10 +1,11 @@
 """Checking what a system delivered against what was sent: every message once and unchanged.
 
 Our relay's records (gzip members, each a CloudWatch Logs subscription document, as files in
---output-dir or concatenated in the S3 objects that Firehose, here moto, writes) and
-rsyslog's output file (one line per message) are checked the same way: each event's sequence
-number (seq="N" in the structured data, seq=N in a GELF short_message) must be new and its
-text must be exactly what was sent."""
+--output-dir or concatenated in the S3 objects that Firehose, here moto, writes; or Kinesis
+records read back from a data stream: such a gzip record, or a KPL aggregated record of
+event JSON user records) and rsyslog's output file (one line per message) are checked the
+same way: each event's sequence number (seq="N" in the structured data, seq=N in a GELF
+short_message) must be new and its text must be exactly what was sent."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from kinesyslog.constants import FIREHOSE_MAX_RECORD_BYTES
+from kinesyslog.constants import FIREHOSE_MAX_RECORD_BYTES, KINESIS_MAX_RECORD_BYTES
+from kinesyslog.kpl import MAGIC as KPL_MAGIC
+from kinesyslog.kpl import deaggregate
 
 try:
     from isal import isal_zlib as inflate_lib
 except ImportError:  # the standard zlib decodes the same, only slower
-    inflate_lib = zlib  # type: ignore[assignment]
+    inflate_lib = zlib  # type: ignore[misc]
 
 DELIVERED_FRACTION = 0.95  # t95: when this fraction of the messages was delivered
 # RFC 5424 section 6: SD-ID "name@<private enterprise number>"; 32473 is reserved for
@@ -61,7 +65,7 @@ class Tally:
     record_bytes: int = 0
     max_record_bytes: int = 0
     oversize_records: int = 0
-    wrong_group: int = 0  # records whose logGroup is not .../<syslog|gelf>/<port>
+    wrong_group: int = 0  # records (KPL: user records) whose logGroup is not .../<type>/<port>
     bad_files: list[str] = field(default_factory=list)
     newest_mtime: float = 0.0  # when the last delivery happened (wall clock)
     t95_mtime: float | None = None
@@ -132,20 +136,73 @@ class RecordChecker(Checker):
         before = tally.distinct
         try:
             for size, member in gzip_members(data):
-                assert tally.records is not None
-                tally.records += 1
-                tally.record_bytes += size
-                tally.max_record_bytes = max(tally.max_record_bytes, size)
-                tally.oversize_records += size > FIREHOSE_MAX_RECORD_BYTES
-                document = json.loads(member)
-                tally.wrong_group += not (self.group_suffix is None
-                                          or document["logGroup"].endswith(self.group_suffix))
-                last: dict[int, int] = {}  # order is checked within one record
-                for event in document["logEvents"]:
-                    self.event(event["message"], last, event["timestamp"])
+                self.record(size, FIREHOSE_MAX_RECORD_BYTES)
+                self.document(json.loads(member))
         except (ValueError, KeyError, TypeError, zlib.error) as error:
             tally.bad_files.append(f"{name}: {error!r}")
         self.delivered(when, tally.distinct - before)
+
+    def record(self, size: int, limit: int) -> None:
+        tally = self.tally
+        assert tally.records is not None
+        tally.records += 1
+        tally.record_bytes += size
+        tally.max_record_bytes = max(tally.max_record_bytes, size)
+        tally.oversize_records += size > limit
+
+    def group_ok(self, group: str) -> bool:
+        return self.group_suffix is None or group.endswith(self.group_suffix)
+
+    def document(self, document: dict[str, Any]) -> None:
+        """One CloudWatch-Logs-style record's document; order is checked within it."""
+        self.tally.wrong_group += not self.group_ok(document["logGroup"])
+        last: dict[int, int] = {}
+        for event in document["logEvents"]:
+            self.event(event["message"], last, event["timestamp"])
+
+
+class StreamChecker(RecordChecker):
+    """Our relay's Kinesis records, as GetRecords returns them: with --kinesis-format cwl
+    each one gzip CloudWatch-Logs-style record (one gzip member, the bytes a Firehose record
+    has); with kpl a KPL aggregated record whose user records are event JSON documents
+    {"logGroup", "logStream", "id", "timestamp", "message"}, each gzipped with
+    --kinesis-compress. A record's size is its data plus its partition key, as Kinesis
+    counts it against its 1 MiB."""
+
+    def __init__(self, messages: list[bytes], connections: int, gelf: bool, base_second: int,
+                 group_suffix: str, record_format: str, compressed: bool) -> None:
+        super().__init__(messages, connections, gelf, base_second, group_suffix)
+        self.record_format = record_format
+        self.compressed = compressed
+
+    def feed_record(self, name: str, partition_key: str, data: bytes, when: float) -> None:
+        """One Kinesis record, which arrived at when."""
+        tally = self.tally
+        before = tally.distinct
+        self.record(len(data) + len(partition_key.encode()), KINESIS_MAX_RECORD_BYTES)
+        try:
+            if self.record_format == "cwl":
+                members = list(gzip_members(data))
+                if len(members) != 1:
+                    raise ValueError(f"{len(members)} gzip members in one Kinesis record")
+                self.document(json.loads(members[0][1]))
+            else:
+                self.aggregated(partition_key, data)
+        except (ValueError, KeyError, TypeError, zlib.error) as error:
+            tally.bad_files.append(f"{name}: {error!r}")
+        self.delivered(when, tally.distinct - before)
+
+    def aggregated(self, partition_key: str, data: bytes) -> None:
+        """A KPL record's events; order is checked within it."""
+        if not data.startswith(KPL_MAGIC):
+            raise ValueError("not a KPL aggregated record")
+        last: dict[int, int] = {}
+        for _, user_record in deaggregate(partition_key, data):
+            if self.compressed:
+                user_record = inflate_lib.decompress(user_record, 16 + zlib.MAX_WBITS)
+            event = json.loads(user_record)
+            self.tally.wrong_group += not self.group_ok(event["logGroup"])
+            self.event(event["message"], last, event["timestamp"])
 
 
 class LineChecker(Checker):
