@@ -28,6 +28,7 @@ from tests.e2e.relay_process import (
     send_udp,
     wait_for,
 )
+from tests.kinesis_reader import kpl_events, read_stream
 from tests.packaging.test_deb import newest_glibc
 
 pytestmark = pytest.mark.e2e
@@ -197,6 +198,29 @@ def test_firehose_end_to_end(moto_server, tmp_path: Path) -> None:
     assert sorted(e["message"] for _, _, e in events_of(records)) == sorted(
         [UDP_MESSAGE.decode(), TCP_MESSAGE.decode()])
     assert {r["owner"] for r in records} == {"123456789012"}
+
+
+def test_kinesis_end_to_end(moto_server, tmp_path: Path) -> None:
+    """The one-file executable into a moto Kinesis stream, KPL records (botocore's kinesis
+    data and the aggregation are in the build)."""
+    executable = built(ONE_FILE)
+    kinesis = boto3.client("kinesis", endpoint_url=moto_server.endpoint_url,
+                           region_name="us-east-1")
+    kinesis.create_stream(StreamName="logs", ShardCount=2)
+    port = free_ports()
+    variables = [f"{name}={value}" for name, value in moto_server.env.items()]
+    relay = Relay(["--kinesis-stream", "logs", "--kinesis-format", "kpl", "--spool-dir",
+                   str(tmp_path / "spool"), "--udp-port", str(port), "--tcp-port", str(port),
+                   "--flush-interval", "0.5", "--shutdown-timeout", "20"],
+                  command=[*clean_env(tmp_path, CLEAN_PATH, *variables), str(executable)])
+    with running(relay):
+        send_both(port)
+        assert relay.stop() == 0, relay.log
+
+    user_records = kpl_events(read_stream(kinesis, "logs"), compressed=False)
+    assert sorted(u.event["message"] for u in user_records) == sorted(
+        [UDP_MESSAGE.decode(), TCP_MESSAGE.decode()])
+    assert {u.partition_key for u in user_records} == {"127.0.0.1"}
 
 
 GLIBC_GOAL = (2, 34)  # Amazon Linux 2023 and RHEL 9
