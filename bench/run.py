@@ -444,6 +444,7 @@ SUMMARY_METRICS = [  # (header, result key, digits)
     ("MB/s", "mb_per_sec", 1),
     ("t95_s", "t95_seconds", 2),
     ("cpu_s", "cpu_seconds", 2),
+    ("start_cpu_s", "startup_cpu_seconds", 2),
     ("cpu_us/msg", "cpu_us_per_msg", 2),
     ("rss_MB", "peak_rss_mb", 0),
     ("pss_MB", "peak_pss_mb", 0),

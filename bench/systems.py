@@ -376,6 +376,7 @@ class System:
         self.log_path = workdir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.sampler: Sampler | None = None
+        self.startup_cpu: float | None = None
         self.udp_drops: int | None = None
 
     @property
@@ -401,6 +402,9 @@ class System:
         # Sampling from the start also learns the children's pids, for stop().
         self.sampler = Sampler(self.proc.pid, self.role_of)
         wait_until(self.ready, self.proc, self.args.ready_timeout, self.name, self.log_path)
+        # ready() sampled just now: the CPU of start-up (imports, the stream check), which
+        # does not grow with the messages.
+        self.startup_cpu = round(self.sampler.cpu_seconds(), 2)
         self.sampler.start()
 
     def ready(self) -> bool:
@@ -441,6 +445,7 @@ class System:
         """Numbers of the run besides the tally: processes, drops."""
         found = process_stats(self.sampler) if self.sampler else {}
         found["udp_socket_drops"] = self.udp_drops
+        found["startup_cpu_seconds"] = self.startup_cpu
         return found
 
     def read_stats(self) -> dict[str, Any]:
