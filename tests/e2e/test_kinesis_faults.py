@@ -58,13 +58,13 @@ def relay_args(spool: Path, port: int, *extra: str) -> list[str]:
 
 
 def stored_messages(fake: FakeFirehose) -> list[str]:
-    records = [record for record in fake.records if record.stream == STREAM]
-    for record in records:
-        assert record.partition_key  # --partition-key source: the sender's address
-        for document in decode_records(record.data):
-            assert document["logStream"] == record.partition_key
-    return [event["message"]
-            for _, _, event in events_of(decode_records(b"".join(r.data for r in records)))]
+    messages = []
+    for record in fake.records:
+        assert record.stream == STREAM
+        documents = decode_records(record.data)  # one each: cwl records are one gzip member
+        assert [document["logStream"] for document in documents] == [record.partition_key]
+        messages += [event["message"] for _, _, event in events_of(documents)]
+    return messages
 
 
 def send_from(source: str, port: int, messages: list[bytes]) -> None:
@@ -148,8 +148,12 @@ def test_lost_answer_duplicates_only_that_call(fake_kinesis: FakeFirehose,
     assert 0 < duplicated <= first_call_events * late[0].records
 
 
+MAX_SENT = 60_000  # per sender: bounded, whatever the machine's speed
+
+
 class Sender(threading.Thread):
-    """Numbered messages from one address until halted; sendall blocks under back-pressure."""
+    """Numbered messages from one address until halted or MAX_SENT are sent; sendall blocks
+    under back-pressure."""
 
     def __init__(self, source: str, port: int) -> None:
         super().__init__(daemon=True)
@@ -161,7 +165,7 @@ class Sender(threading.Thread):
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=30,
                                           source_address=(self.source, 0)) as sock:
-                while not self.halt.is_set() and self.sent < 1_000_000:
+                while not self.halt.is_set() and self.sent < MAX_SENT:
                     sock.sendall(b"".join(b"<13>1 - h app - - - %s seq=%07d %s\n" % (
                         self.source.encode(), self.sent + i, os.urandom(100).hex().encode())
                         for i in range(200)))
@@ -184,7 +188,7 @@ def test_sigkill_during_failing_uploads_loses_nothing(fake_kinesis: FakeFirehose
         for sender in senders:
             sender.start()
         wait_for(lambda: sum(s.sent for s in senders) >= 30_000 and len(fake_kinesis.records) > 20,
-                 60, message="messages flowing and some records stored")
+                 120, message="messages flowing and some records stored")
         children = relay.children()
         for pid in [relay.pid, *children.values()]:
             os.kill(pid, signal.SIGKILL)
