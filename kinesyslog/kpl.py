@@ -190,15 +190,6 @@ class Aggregator:
             fields = self._record_fields  # a new list once a record was closed
         return full
 
-    def fits(self, partition_key: str, data: bytes) -> bool:
-        """Whether ``add`` would put this user record into the open aggregated record (an
-        empty aggregator takes any that fits alone)."""
-        if not self._user_records:
-            return True
-        key = self._encode(partition_key)
-        data_header = _TAG_DATA + _varint(len(data))
-        return self._grown_size(partition_key, key, data_header, len(data)) <= self.max_bytes
-
     def _encode(self, partition_key: str) -> bytes:
         key = self._encoded.get(partition_key)
         if key is None:

@@ -279,11 +279,10 @@ class KinesisSink:
                 shard_records[shard] += 1
                 shard_bytes[shard] += record.size
             else:
-                code = entry.get("ErrorCode") or "MissingSequenceNumber"
-                results.append(code)
+                results.append(entry.get("ErrorCode") or "MissingSequenceNumber")
                 self.last_error = entry.get("ErrorMessage") or "no SequenceNumber in the response"
-                if code == THROUGHPUT_EXCEEDED:
-                    self.last_error += self._hot_key_text(now)
+        if THROUGHPUT_EXCEEDED in results:
+            self.last_error += self._hot_key_text(now)
         for shard, count in shard_records.items():
             metrics.KINESIS_SHARD_RECORDS.labels(shard).inc(count)
             metrics.KINESIS_SHARD_BYTES.labels(shard).inc(shard_bytes[shard])
