@@ -432,6 +432,7 @@ cdef class EventBuffers:
                       entry.receive_ms, <const unsigned char*>entry.message,
                       entry.message_length)
             count += 1
+        ring.release_read()
         if found == -1 and count == 0:
             raise RingError(f"{ring.path}: corrupt entry at position {ring._read_pos}")
         return count

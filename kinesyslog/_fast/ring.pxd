@@ -114,6 +114,8 @@ cdef class Ring:
     cdef readonly Py_ssize_t last_written_bytes  # message bytes of the last write_batch
     cdef uint64_t _append_pos  # end of the entries append_entry wrote but did not publish
     cdef bint _appended  # whether there are such entries
+    cdef uint64_t _released_write  # pages before these positions are unmapped here
+    cdef uint64_t _released_read
 
     cdef int _map_file(self, int fd) except -1
     cdef int _validate(self) except -1
@@ -124,3 +126,5 @@ cdef class Ring:
                           const char *message, uint32_t message_length,
                           int64_t receive_ms, uint16_t port, uint8_t kind) noexcept
     cdef void publish(self) noexcept
+    cdef void release_read(self) noexcept
+    cdef void _release(self, uint64_t *released, uint64_t cursor) noexcept

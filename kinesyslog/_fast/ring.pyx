@@ -35,6 +35,12 @@ length 0xFFFFFFFF) in the rest of the area and continues at offset 0; that skipp
 counts in the positions. Every position and the capacity being multiples of 8, at least 8
 bytes remain whenever any do, so the marker always fits.
 
+Each process keeps only a window of the data area mapped: the pages behind its own cursor
+(the producer's write position, the consumer's read cursor) are dropped from its page
+tables with MADV_DONTNEED, 1 MiB at a time. For a shared file mapping that only unmaps
+them: the bytes stay in the file and its page cache, and the next access maps them again.
+The ring's resident memory thus follows the entries in flight, not the capacity.
+
 The producer publishes write_pos once per batch with a release store after copying the
 entries; the consumer loads it with acquire, so it never sees a partial entry. The same
 pairing on commit_pos keeps the producer from reusing space the consumer still reads.
@@ -55,7 +61,18 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp
 from posix.fcntl cimport O_CLOEXEC, O_RDWR
 from posix.fcntl cimport open as c_open
-from posix.mman cimport MAP_FAILED, MAP_SHARED, MS_SYNC, PROT_READ, PROT_WRITE, mmap, msync, munmap
+from posix.mman cimport (
+    MADV_DONTNEED,
+    MAP_FAILED,
+    MAP_SHARED,
+    MS_SYNC,
+    PROT_READ,
+    PROT_WRITE,
+    madvise,
+    mmap,
+    msync,
+    munmap,
+)
 from posix.stat cimport fstat, struct_stat
 from posix.unistd cimport close as c_close
 
@@ -68,6 +85,7 @@ cdef enum:
     MIN_CAPACITY = 1 << 20
     MAX_SOURCE = 255  # u8 length field; constants.MAX_SOURCE_LENGTH says the same
     MIN_ENTRY = 24  # ksy_entry_size(0, 0)
+    RELEASE_CHUNK = 1 << 20  # pages behind a cursor are unmapped this many bytes at a time
 
 # u32 entry length field, 0xFFFFFFFF reserved for the wrap marker
 cdef uint64_t MAX_ENTRY_FIELD = 0xFFFFFFF8
@@ -142,6 +160,29 @@ cdef class Ring:
         self.capacity = <Py_ssize_t>self._cap
         self._max_entry = min(self._cap // 4, MAX_ENTRY_FIELD)
         self._read_pos = ksy_load64(&self._header.commit_pos)
+        self._released_read = self._read_pos - self._read_pos % PAGE_SIZE
+        self._released_write = ksy_load64(&self._header.write_pos)
+        self._released_write -= self._released_write % PAGE_SIZE
+
+    cdef void _release(self, uint64_t *released, uint64_t cursor) noexcept:
+        """Unmap the data pages between released[0] and the page of cursor, once they are
+        RELEASE_CHUNK or more, and move released[0] there. A cursor moved back (rewind)
+        releases nothing until it passes released[0] again."""
+        cdef uint64_t end = cursor - cursor % PAGE_SIZE
+        cdef uint64_t start = released[0]
+        cdef uint64_t offset, length, first
+        if end < start or end - start < RELEASE_CHUNK:
+            return
+        if end - start > self._cap:
+            start = end - self._cap
+        offset = start % self._cap  # page aligned: so are positions here and the capacity
+        length = end - start
+        first = min(length, self._cap - offset)
+        # Only a hint for memory use: the data stays in the file whatever madvise answers.
+        madvise(self._data + offset, first, MADV_DONTNEED)
+        if length > first:
+            madvise(self._data, length - first, MADV_DONTNEED)
+        released[0] = end
 
     cdef int _map_file(self, int fd) except -1:
         """Map the whole file read-write and shared, then close fd (the mapping stays valid)."""
@@ -299,6 +340,7 @@ cdef class Ring:
         if self._appended:
             ksy_store64(&self._header.write_pos, self._append_pos)
             self._appended = False
+            self._release(&self._released_write, self._append_pos)
 
     def free_bytes(self) -> int:
         """Bytes the producer may still use; space is freed by commit, not by reading."""
@@ -413,9 +455,15 @@ cdef class Ring:
             out.append((entry.kind, port_obj, source, ms_obj,
                         PyBytes_FromStringAndSize(entry.message, entry.message_length)))
             count += 1
+        self.release_read()
         if found == -1 and count == 0:
             raise RingError(f"{self.path}: corrupt entry at position {self._read_pos}")
         return out
+
+    cdef void release_read(self) noexcept:
+        """Unmap what the read cursor has passed (see the module docstring): read_batch
+        calls it, and so must C callers of next_entry after their batch."""
+        self._release(&self._released_read, self._read_pos)
 
     def commit(self) -> None:
         """Release everything read so far: commit_pos = read cursor."""
