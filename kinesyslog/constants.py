@@ -21,6 +21,9 @@ MAX_MAX_MESSAGE_SIZE = 900 * 1024
 MIN_MAX_MESSAGE_SIZE = 1024
 TCP_RECV_SIZE = 256 * 1024
 UDP_RECV_SIZE = 65_535
+# The listener's loop pauses this long after a round of reads that left nothing behind
+# (eventloop.EventLoop nap): a wake-up per batch of datagrams, not per datagram.
+LISTENER_NAP = 0.0002
 MAX_SOURCE_LENGTH = 255  # bytes of source-address text stored per ring entry
 DEFAULT_TLS_PORT = 6514
 DEFAULT_MAX_CONNECTIONS = 4096

@@ -34,6 +34,10 @@ ACCEPT_BATCH = 64
 UDP_READ_BATCH = 256  # datagrams per readiness event of one UDP socket, at most
 UDP_RECVMMSG_BATCH = 64  # syslog datagrams per recvmmsg call
 UDP_SOCKET_BUFFER = 8 * 1024 * 1024
+# The listener's loop naps (constants.LISTENER_NAP) only when every UDP socket got at least
+# this much buffer (as getsockopt reports it, twice what net.core.rmem_max allows): a
+# smaller one would overflow during the pause at a few hundred thousand datagrams/s.
+NAP_MIN_UDP_BUFFER = 4 * 1024 * 1024
 SOURCE_CACHE_SIZE = 4096
 
 
@@ -113,6 +117,14 @@ def bind_all(config: Config) -> list[BoundSocket]:
     return bound
 
 
+def loop_nap(udp_buffers: list[int]) -> float:
+    """The listener loop's nap: LISTENER_NAP, or none when a UDP socket's receive buffer
+    (getsockopt SO_RCVBUF) is too small to hold what arrives during it."""
+    if min(udp_buffers, default=NAP_MIN_UDP_BUFFER) >= NAP_MIN_UDP_BUFFER:
+        return constants.LISTENER_NAP
+    return 0.0
+
+
 def udp_kernel_drops(sockets: list[BoundSocket]) -> int | None:
     """Datagrams the kernel dropped for our UDP sockets (receive buffer full), from
     /proc/net/udp[6]; None where that is not readable."""
@@ -179,6 +191,14 @@ class Listener:
                                        self.problems, self._start_reading)
 
     def start(self) -> None:
+        udp_buffers = [bound.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                       for bound in self.sockets if bound.transport == "udp"]
+        self.loop.nap = loop_nap(udp_buffers)
+        if not self.loop.nap:
+            log.info("UDP receive buffer is %d bytes (capped by net.core.rmem_max): the "
+                     "listener reads at every wake-up, not in batches; set "
+                     "net.core.rmem_max = 8388608 to absorb bursts with less CPU",
+                     min(udp_buffers))
         for bound in self.sockets:
             if bound.transport == "udp":
                 self.loop.add_reader(bound.sock, functools.partial(self._on_datagrams, bound))
@@ -226,6 +246,7 @@ class Listener:
                                       count=ring_full)
             if drained:
                 return
+        self.loop.more_pending = True
 
     def _on_gelf_datagrams(self, bound: BoundSocket) -> None:
         counters = self.counters
@@ -255,6 +276,7 @@ class Listener:
                 counters.udp_dropped_ring_full += 1
                 self.problems.warning("ring full: dropping UDP datagrams",
                                       f"{counters.udp_dropped_ring_full} dropped so far")
+        self.loop.more_pending = True
 
     def _gelf_datagram(self, data: memoryview) -> tuple[bytes, bool] | None:
         """A whole GELF message (reassembled, decompressed), or None while chunks are missing
@@ -461,6 +483,8 @@ class StreamConnection:
             self.end_of_stream()
             return
         self.last_active = time.monotonic()
+        if size == len(listener.recv_buffer):
+            listener.loop.more_pending = True
         self.receive(listener.recv_view[:size])
 
     def receive(self, data: memoryview) -> None:

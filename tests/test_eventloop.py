@@ -88,3 +88,30 @@ def test_run_until_gives_up_at_the_deadline(loop: EventLoop) -> None:
     started = time.monotonic()
     assert loop.run_until(lambda: False, started + 0.05) is False
     assert 0.05 <= time.monotonic() - started < WAIT
+
+
+@pytest.mark.parametrize(("nap", "more_pending", "sleeps"), [
+    (0.001, False, [0.001]),  # a round that read everything: pause
+    (0.001, True, []),  # a callback stopped with more to read: go on at once
+    (0.0, False, []),  # no nap configured
+])
+def test_nap_after_a_round_of_reads(loop: EventLoop, monkeypatch: pytest.MonkeyPatch,
+                                    nap: float, more_pending: bool, sleeps: list[float]) -> None:
+    reader, writer = socket.socketpair()
+    try:
+        def on_readable() -> None:
+            reader.recv(1)
+            loop.more_pending = more_pending
+
+        loop.nap = nap
+        loop.add_reader(reader, on_readable)
+        slept: list[float] = []
+        monkeypatch.setattr("kinesyslog.eventloop.time.sleep", slept.append)
+        writer.send(b"x")
+        loop._run_once(max_wait=WAIT)
+        assert slept == sleeps
+        loop._run_once(max_wait=0.01)  # nothing ready: the select timeout is the only wait
+        assert slept == sleeps
+    finally:
+        reader.close()
+        writer.close()

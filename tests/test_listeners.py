@@ -1,4 +1,4 @@
-"""Listener helpers: canonical source addresses and the kernel's UDP drop count."""
+"""Listener helpers: canonical source addresses, the kernel's UDP drop count, the loop's nap."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import socket
 
 import pytest
 
+from kinesyslog import constants
 from kinesyslog._fast.proxy import address_text
-from kinesyslog.listeners import BoundSocket, udp_kernel_drops
+from kinesyslog.listeners import NAP_MIN_UDP_BUFFER, BoundSocket, loop_nap, udp_kernel_drops
 
 
 @pytest.mark.parametrize(("peer", "expected"), [
@@ -43,3 +44,9 @@ def test_udp_kernel_drops_are_read_for_our_sockets_only() -> None:
         assert udp_kernel_drops([]) == 0
     finally:
         receiver.close()
+
+
+def test_the_loop_naps_only_when_every_udp_buffer_can_hold_the_pause() -> None:
+    assert loop_nap([]) == constants.LISTENER_NAP  # TCP only: flow control holds the data
+    assert loop_nap([NAP_MIN_UDP_BUFFER, 16 << 20]) == constants.LISTENER_NAP
+    assert loop_nap([16 << 20, 425_984]) == 0.0  # net.core.rmem_max left at 212,992
