@@ -1,11 +1,12 @@
-"""AWS access of the uploader: boto3 sessions and credentials (profile, STS AssumeRole),
+"""AWS access of the uploader: botocore sessions and credentials (profile, STS AssumeRole),
 clients with the relay's timeouts, the start-up check of the stream and the account id.
 
-boto3 is imported inside the functions: --output-dir makes no AWS access at all.
+botocore is imported inside the functions: --output-dir makes no AWS access at all.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -58,16 +59,24 @@ class StreamCheckError(Exception):
 
 
 def session(settings: AwsOptions) -> Any:
-    import boto3
+    """The botocore session of --profile and --region, made as boto3.Session makes it: boto3
+    itself is not imported (its resources and s3transfer, ~2 MB the uploader never uses)."""
+    import botocore.session
     from botocore.exceptions import ProfileNotFound
 
+    session = botocore.session.Session()
+    _keep_endpoints_of_clients_only(session)
+    if settings.profile is not None:
+        session.set_config_variable("profile", settings.profile)
+    if settings.region is not None:
+        session.set_config_variable("region", settings.region)
     try:
-        session = boto3.Session(profile_name=settings.profile, region_name=settings.region)
+        session.get_component("data_loader")  # reads the profile, as boto3.Session does
     except ProfileNotFound:
         raise StreamCheckError(
             f"--profile {settings.profile}: no such profile in the AWS config or credentials "
             "file; fix --profile or create the profile") from None
-    if not session.region_name:
+    if not session.get_config_variable("region"):
         raise StreamCheckError("no AWS region is configured: pass --region or set "
                                "AWS_DEFAULT_REGION (or give the --profile a region)")
     if settings.role_arn:
@@ -80,7 +89,6 @@ def _assumed_role_session(source: Any, settings: AwsOptions) -> Any:
     credentials, fetched on first use and refreshed by botocore before they expire."""
     import socket
 
-    import boto3
     import botocore.session
     from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
@@ -94,12 +102,89 @@ def _assumed_role_session(source: Any, settings: AwsOptions) -> Any:
     if settings.external_id:
         extra_args["ExternalId"] = settings.external_id
     fetcher = AssumeRoleCredentialFetcher(
-        client_creator=source._session.create_client, source_credentials=source_credentials,
+        client_creator=source.create_client, source_credentials=source_credentials,
         role_arn=settings.role_arn, extra_args=extra_args)
     assumed = botocore.session.Session()
+    _keep_endpoints_of_clients_only(assumed)
     assumed._credentials = DeferredRefreshableCredentials(
         method="assume-role", refresh_using=fetcher.fetch_credentials)
-    return boto3.Session(botocore_session=assumed, region_name=source.region_name)
+    assumed.set_config_variable("region", source.get_config_variable("region"))
+    return assumed
+
+
+# The services of the clients the uploader makes, whose endpoints.json entries its sessions
+# keep.
+_CLIENT_SERVICES = frozenset({"firehose", "kinesis", "sts"})
+
+
+def _keep_endpoints_of_clients_only(session: Any) -> None:
+    """Gives the session an endpoint resolver with the endpoints.json entries of
+    _CLIENT_SERVICES only; asked about another service (a credential provider may create an
+    SSO client, say), it reads the whole file again and keeps it, as botocore's own does.
+
+    botocore's resolver keeps the whole file, ~7 MB of Python objects once parsed; freed
+    after the clients are made, most of that memory stays resident all the same, pinned by
+    the objects allocated meanwhile."""
+    import gc
+    import gzip
+
+    from botocore.loaders import JSONFileLoader, create_loader
+    from botocore.regions import EndpointResolver
+
+    class PlainJSONFileLoader(JSONFileLoader):
+        """Makes dicts where botocore's makes OrderedDicts, 40 % smaller: 3 MB less at the
+        peak, while the whole file is in memory."""
+
+        def load_file(self, file_path: str) -> Any:
+            for extension, opener in ((".json", open), (".json.gz", gzip.open)):
+                if os.path.isfile(file_path + extension):
+                    with opener(file_path + extension, "rb") as file:
+                        return json.loads(file.read())
+            return None
+
+    def load() -> tuple[Any, bool]:
+        loader = create_loader(session.get_config_variable("data_path"))
+        loader.file_loader = PlainJSONFileLoader()
+        endpoints, path = loader.load_data_with_path("endpoints")
+        return endpoints, loader.is_builtin_path(path)
+
+    class Resolver(EndpointResolver):
+        def __init__(self) -> None:
+            endpoints, builtin = load()
+            kept = json.dumps({**endpoints, "partitions": [
+                {**partition, "services": {name: entry for name, entry
+                                           in partition["services"].items()
+                                           if name in _CLIENT_SERVICES}}
+                for partition in endpoints["partitions"]]})
+            del endpoints
+            # A full collection also empties CPython's free lists, whose objects, spread over
+            # the memory the file took, would keep much of it (~1 MB with --role-arn).
+            gc.collect()
+            super().__init__(json.loads(kept), uses_builtin_data=builtin)
+            self.everything: Any = None
+
+        def _of(self, service_name: str) -> Any:
+            """This resolver for _CLIENT_SERVICES, else one with the whole file."""
+            if service_name in _CLIENT_SERVICES:
+                return super()
+            if self.everything is None:
+                self.everything = EndpointResolver(*load())
+            return self.everything
+
+        def construct_endpoint(self, service_name: str, *args: Any, **kwargs: Any) -> Any:
+            return self._of(service_name).construct_endpoint(service_name, *args, **kwargs)
+
+        def get_available_endpoints(self, service_name: str, *args: Any, **kwargs: Any) -> Any:
+            return self._of(service_name).get_available_endpoints(service_name, *args,
+                                                                  **kwargs)
+
+        def get_service_endpoints_data(self, service_name: str, *args: Any,
+                                       **kwargs: Any) -> Any:
+            return self._of(service_name).get_service_endpoints_data(service_name, *args,
+                                                                     **kwargs)
+
+    # Replaces botocore's own factory, which the session calls on its first create_client.
+    session._internal_components.lazy_register_component("endpoint_resolver", Resolver)
 
 
 def client(session: Any, service: str, settings: AwsOptions, connect_timeout: float,
@@ -109,11 +194,11 @@ def client(session: Any, service: str, settings: AwsOptions, connect_timeout: fl
     # One attempt per call ("max_attempts" would count retries only): the uploader retries.
     config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
                     retries={"total_max_attempts": 1, "mode": "standard"})
-    # --endpoint-url is the destination's (Firehose or Kinesis) only; without it boto3 reads
-    # AWS_ENDPOINT_URL[_<SERVICE>].
+    # --endpoint-url is the destination's (Firehose or Kinesis) only; without it botocore
+    # reads AWS_ENDPOINT_URL[_<SERVICE>].
     endpoint_url = settings.endpoint_url if service in ("firehose", "kinesis") else None
     try:
-        return session.client(service, config=config, endpoint_url=endpoint_url)
+        return session.create_client(service, config=config, endpoint_url=endpoint_url)
     except ValueError as error:  # botocore: "Invalid endpoint: …"
         raise StreamCheckError(f"--endpoint-url {endpoint_url}: {error}; give a URL such as "
                                f"https://{service}.us-east-1.amazonaws.com") from None

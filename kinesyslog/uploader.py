@@ -8,12 +8,15 @@ jitter. After a call in which every record failed (an outage, throttling, 5xx), 
 calls carry one record only, a cheap probe, until one succeeds: an outage of any length
 costs Firehose a small request every few seconds, and delivery resumes at full speed within
 one back-off (RETRY_MAX_DELAY) of Firehose's return. Kinesis is handled alike; only its
-failed records are retried. boto3 is imported only for Firehose and Kinesis: --output-dir
+failed records are retried. botocore is imported only for Firehose and Kinesis: --output-dir
 makes no AWS access at all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
 import os
 import random
@@ -349,6 +352,14 @@ def _set_title() -> None:
     setproctitle("kinesyslog: uploader")
 
 
+def _return_freed_memory() -> None:
+    """Collects the start-up's garbage and gives the free heap back to the system (glibc
+    keeps it otherwise)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 def _open_sink(settings: UploaderSettings) -> tuple[Sink, str]:
     """The sink and the records' owner; raises StreamCheckError for a fatal configuration."""
     if settings.output_dir is not None:
@@ -362,16 +373,20 @@ def _open_sink(settings: UploaderSettings) -> tuple[Sink, str]:
     if not stream:
         raise StreamCheckError("--stream is required unless --output-dir is given")
     aws_session = session(settings)
-    checker = client(aws_session, service, settings,
-                     min(FIREHOSE_CONNECT_TIMEOUT, STARTUP_CHECK_TIMEOUT), STARTUP_CHECK_TIMEOUT)
+    upload_timeouts = (FIREHOSE_CONNECT_TIMEOUT, FIREHOSE_READ_TIMEOUT)
+    check_timeouts = (min(FIREHOSE_CONNECT_TIMEOUT, STARTUP_CHECK_TIMEOUT), STARTUP_CHECK_TIMEOUT)
+    uploads = client(aws_session, service, settings, *upload_timeouts)
+    # A client costs memory as long as it lives: the check uses the uploads client if it can.
+    checker = (uploads if check_timeouts == upload_timeouts
+               else client(aws_session, service, settings, *check_timeouts))
     check = check_kinesis_stream if service == "kinesis" else check_stream
     warning = check(checker, stream)
     if warning:
         log.warning("%s", warning)
     sts = client(aws_session, "sts", settings, STARTUP_CHECK_TIMEOUT, STARTUP_CHECK_TIMEOUT)
     owner = get_owner(sts, settings.spool_dir)
-    uploads = client(aws_session, service, settings, FIREHOSE_CONNECT_TIMEOUT,
-                     FIREHOSE_READ_TIMEOUT)
+    del checker, sts
+    _return_freed_memory()
     if service == "kinesis":
         return KinesisSink(uploads, stream, settings.partition_key), owner
     return FirehoseSink(uploads, stream), owner
@@ -381,6 +396,9 @@ def uploader_main(settings: UploaderSettings, status_fd: int, wake_fd: int,
                   shared: SharedState | None = None) -> int:
     """The uploader process. Writes ``READY <owner>`` or ``FATAL <message>`` to ``status_fd``,
     then uploads until shut down. Returns the exit status."""
+    # The objects inherited from the listener stay out of this process's collections, which
+    # would write to every page holding one and so end its sharing with the listener.
+    gc.freeze()
     _set_title()
     parent = os.getppid()
     signals = _Signals(settings.shutdown_timeout)
