@@ -145,19 +145,34 @@ def read_record(path: Path) -> bytes:
     return check_gzip_record(path, data)
 
 
-def put_record_batch_body(stream: str, records: Sequence[bytes]) -> bytes:
+def put_record_batch_body(stream: str, records: Sequence[bytes]) -> bytearray:
     """The JSON request body of PutRecordBatch, as botocore would serialize it.
 
     botocore base64-encodes each record into a str, then json.dumps the whole request, which
     scans every base64 character for escapes: for 4 MiB of records that was half of the
     uploader's CPU. Base64 text never needs escaping, so the body is assembled from bytes.
     """
-    parts = [b'{"DeliveryStreamName": ', json.dumps(stream).encode(), b', "Records": [']
-    for index, record in enumerate(records):
-        parts += [b', {"Data": "' if index else b'{"Data": "',
-                  b2a_base64(record, newline=False), b'"}']
-    parts.append(b"]}")
-    return b"".join(parts)  # one copy of the encoded records
+    head = b'{"DeliveryStreamName": ' + json.dumps(stream).encode() + b', "Records": ['
+    return _body_of(head, [(b', {"Data": "' if index else b'{"Data": "', record, b'"}')
+                           for index, record in enumerate(records)])
+
+
+def _body_of(head: bytes, entries: Sequence[tuple[bytes, bytes, bytes]]) -> bytearray:
+    """head, then before + base64(data) + after for each (before, data, after), then "]}",
+    written into one buffer of the exact size: the encoded records exist once (pieces joined
+    would be held twice, 5 MB more at the uploader's peak)."""
+    size = len(head) + 2 + sum(len(before) + 4 * ((len(data) + 2) // 3) + len(after)
+                               for before, data, after in entries)
+    body = bytearray(size)
+    view = memoryview(body)
+    view[:len(head)] = head
+    at = len(head)
+    for before, data, after in entries:
+        for piece in (before, b2a_base64(data, newline=False), after):
+            view[at:at + len(piece)] = piece
+            at += len(piece)
+    view[at:] = b"]}"
+    return body
 
 
 class PrebuiltBody:
@@ -165,7 +180,7 @@ class PrebuiltBody:
     signing it puts it in place of the one serialized from placeholder records."""
 
     def __init__(self, client: Any, event: str) -> None:
-        self.body: bytes | None = None
+        self.body: bytearray | None = None
         client.meta.events.register(event, self._put)
 
     def _put(self, params: dict[str, Any], **_: Any) -> None:
@@ -213,16 +228,14 @@ class FirehoseSink:
         return results
 
 
-def put_records_body(stream: str, batch: Batch) -> bytes:
+def put_records_body(stream: str, batch: Batch) -> bytearray:
     """The JSON request body of Kinesis PutRecords, as botocore would serialize it (see
     put_record_batch_body)."""
-    parts = [b'{"StreamName": ', json.dumps(stream).encode(), b', "Records": [']
-    for index, record in enumerate(batch):
-        parts += [b', {"Data": "' if index else b'{"Data": "',
-                  b2a_base64(record.data, newline=False), b'", "PartitionKey": ',
-                  json.dumps(record.partition_key).encode(), b"}"]
-    parts.append(b"]}")
-    return b"".join(parts)
+    head = b'{"StreamName": ' + json.dumps(stream).encode() + b', "Records": ['
+    return _body_of(head, [
+        (b', {"Data": "' if index else b'{"Data": "', record.data,
+         b'", "PartitionKey": ' + json.dumps(record.partition_key).encode() + b"}")
+        for index, record in enumerate(batch)])
 
 
 class KinesisSink:

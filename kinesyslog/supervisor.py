@@ -9,6 +9,7 @@ spool until --shutdown-timeout.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -70,6 +71,10 @@ def fork_child(role: str, body: Callable[[], int], debug: bool) -> int:
     """Forks a child that runs body() and exits with its return value, never returning."""
     sys.stdout.flush()
     sys.stderr.flush()
+    # Every object alive now leaves the collector's generations, in both processes: a
+    # collection writes to each page holding a tracked object, and those pages would stop
+    # being shared (each process would hold its own copy of the listener's heap).
+    gc.freeze()
     pid = os.fork()
     if pid:
         return pid

@@ -396,9 +396,6 @@ def uploader_main(settings: UploaderSettings, status_fd: int, wake_fd: int,
                   shared: SharedState | None = None) -> int:
     """The uploader process. Writes ``READY <owner>`` or ``FATAL <message>`` to ``status_fd``,
     then uploads until shut down. Returns the exit status."""
-    # The objects inherited from the listener stay out of this process's collections, which
-    # would write to every page holding one and so end its sharing with the listener.
-    gc.freeze()
     _set_title()
     parent = os.getppid()
     signals = _Signals(settings.shutdown_timeout)
