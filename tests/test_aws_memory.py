@@ -21,22 +21,15 @@ import pytest
 from kinesyslog.aws import check_stream, client, get_owner, session
 from kinesyslog.records import build_records, joined
 from kinesyslog.spool import Spool
-from kinesyslog.uploader import Uploader, UploaderSettings, _open_sink
+from kinesyslog.uploader import Uploader, _open_sink
 from tests import fake_firehose as fake_firehose_module
 from tests.conftest import TEST_ACCOUNT, MotoServer
 from tests.fake_firehose import FakeFirehose
+from tests.test_uploader import settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 REGIONS = ["us-east-1", "eu-central-1", "ap-southeast-7", "cn-north-1", "us-gov-west-1",
            "us-iso-east-1", "xx-nowhere-1"]
-
-
-def settings_for(tmp_path: Path, **changes: Any) -> UploaderSettings:
-    values: dict[str, Any] = {
-        "spool_dir": tmp_path / "spool", "output_dir": None, "stream": "test-stream",
-        "region": "us-east-1", "profile": None, "endpoint_url": None, "shutdown_timeout": 10.0}
-    values.update(changes)
-    return UploaderSettings(**values)
 
 
 def resolved(aws_client: Any) -> tuple[Any, ...]:
