@@ -339,6 +339,7 @@ class Listener:
                 self.limits.queue_handshake(connection)  # read once a handshake slot is free
             else:
                 self._start_reading(connection)
+        self.loop.more_pending = True  # the backlog may hold more: no pause before the next
 
     def _start_reading(self, connection: StreamConnection) -> None:
         self.loop.add_reader(connection.sock, connection.on_event)
