@@ -7,10 +7,11 @@ import errno
 import json
 import logging
 import os
+import shutil
 import time
 from binascii import b2a_base64
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -41,16 +42,17 @@ HOT_KEY_GAUGE_INTERVAL = 1.0  # seconds between updates of the hot-key gauges
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A spooled record, ready to send."""
+    """A spooled record, checked and ready to send. Its data stays in the spool file until the
+    sink sends it: a batch costs no memory while it waits (see RequestBody)."""
 
     path: Path
-    data: bytes
+    data_size: int
     partition_key: str = ""  # Kinesis Data Streams only
 
     @property
     def size(self) -> int:
         """What counts toward a call's size limit."""
-        return len(self.data) + len(self.partition_key.encode())
+        return self.data_size + len(self.partition_key.encode())
 
 
 Batch = Sequence[Record]
@@ -145,34 +147,117 @@ def read_record(path: Path) -> bytes:
     return check_gzip_record(path, data)
 
 
-def put_record_batch_body(stream: str, records: Sequence[bytes]) -> bytearray:
-    """The JSON request body of PutRecordBatch, as botocore would serialize it.
+_FIRST_ENTRY = b'{"Data": "'
+_NEXT_ENTRY = b', {"Data": "'
+_BODY_END = b"]}"
+_FIREHOSE_ENTRY_END = b'"}'
+
+
+def put_record_batch_head(stream: str) -> bytes:
+    return b'{"DeliveryStreamName": ' + json.dumps(stream).encode() + b', "Records": ['
+
+
+def put_records_head(stream: str) -> bytes:
+    return b'{"StreamName": ' + json.dumps(stream).encode() + b', "Records": ['
+
+
+def put_records_entry_end(partition_key: str) -> bytes:
+    """What follows a PutRecords entry's data."""
+    return b'", "PartitionKey": ' + json.dumps(partition_key).encode() + b"}"
+
+
+class RequestBody:
+    """The JSON body of PutRecordBatch or PutRecords, as botocore would serialize it, written
+    entry by entry into one buffer of the size the batch's records were loaded with.
 
     botocore base64-encodes each record into a str, then json.dumps the whole request, which
     scans every base64 character for escapes: for 4 MiB of records that was half of the
-    uploader's CPU. Base64 text never needs escaping, so the body is assembled from bytes.
+    uploader's CPU. Base64 text never needs escaping, so the body is assembled from bytes. The
+    sink reads each record's data from its spool file as it adds it: a call holds its body
+    and one record, not the batch's data besides (4 MiB more at the uploader's peak).
     """
-    head = b'{"DeliveryStreamName": ' + json.dumps(stream).encode() + b', "Records": ['
-    return _body_of(head, [(b', {"Data": "' if index else b'{"Data": "', record, b'"}')
-                           for index, record in enumerate(records)])
+
+    def __init__(self, head: bytes, entries: Sequence[tuple[int, bytes]]) -> None:
+        """entries: (data size, what follows the data) of every entry that may be added."""
+        capacity = len(head) + len(_BODY_END) + sum(
+            len(_NEXT_ENTRY) + 4 * ((size + 2) // 3) + len(end) for size, end in entries)
+        self._buffer = bytearray(capacity)
+        self._at = 0
+        self.count = 0
+        self._write(head)
+
+    def add(self, data: bytes, end: bytes) -> None:
+        self._write(_NEXT_ENTRY if self.count else _FIRST_ENTRY)
+        self._write(b2a_base64(data, newline=False))
+        self._write(end)
+        self.count += 1
+
+    def finish(self) -> bytearray:
+        """The body; entries that were not added leave no room behind."""
+        self._write(_BODY_END)
+        del self._buffer[self._at:]
+        return self._buffer
+
+    def _write(self, piece: bytes) -> None:
+        end = self._at + len(piece)
+        if end > len(self._buffer):
+            raise ValueError("an entry larger than announced")
+        self._buffer[self._at:end] = piece
+        self._at = end
 
 
-def _body_of(head: bytes, entries: Sequence[tuple[bytes, bytes, bytes]]) -> bytearray:
-    """head, then before + base64(data) + after for each (before, data, after), then "]}",
-    written into one buffer of the exact size: the encoded records exist once (pieces joined
-    would be held twice, 5 MB more at the uploader's peak)."""
-    size = len(head) + 2 + sum(len(before) + 4 * ((len(data) + 2) // 3) + len(after)
-                               for before, data, after in entries)
-    body = bytearray(size)
-    view = memoryview(body)
-    view[:len(head)] = head
-    at = len(head)
-    for before, data, after in entries:
-        for piece in (before, b2a_base64(data, newline=False), after):
-            view[at:at + len(piece)] = piece
-            at += len(piece)
-    view[at:] = b"]}"
-    return body
+def put_record_batch_body(stream: str, records: Sequence[bytes]) -> bytearray:
+    """PutRecordBatch's body of records in memory."""
+    body = RequestBody(put_record_batch_head(stream),
+                       [(len(data), _FIREHOSE_ENTRY_END) for data in records])
+    for data in records:
+        body.add(data, _FIREHOSE_ENTRY_END)
+    return body.finish()
+
+
+def put_records_body(stream: str, records: Sequence[tuple[bytes, str]]) -> bytearray:
+    """PutRecords' body of (data, partition key) in memory."""
+    ends = [put_records_entry_end(key) for _, key in records]
+    body = RequestBody(put_records_head(stream),
+                       [(len(data), end) for (data, _), end in zip(records, ends)])
+    for (data, _), end in zip(records, ends):
+        body.add(data, end)
+    return body.finish()
+
+
+def _read_again(record: Record, read: Callable[[Path], bytes]) -> bytes:
+    """A loaded record's data, read again to be sent; OSError if the file is gone or
+    unreadable now, InvalidRecordError if it changed."""
+    data = read(record.path)
+    if len(data) != record.data_size:
+        raise InvalidRecordError(f"{len(data)} bytes now, {record.data_size} when loaded")
+    return data
+
+
+def fill_body(body: RequestBody, batch: Batch, ends: Sequence[bytes],
+              read: Callable[[Path], bytes]) -> list[str | None]:
+    """Adds each record of the batch to the body, its data read again from its spool file.
+    Per record: None if added, else why not (an errno name, or InvalidRecord): such a record
+    is left out of the call and retried, when the uploader loads it again (and moves it to
+    corrupt/ or forgets it)."""
+    left_out: list[str | None] = []
+    for record, end in zip(batch, ends):
+        try:
+            body.add(_read_again(record, read), end)
+        except OSError as error:
+            left_out.append(errno.errorcode.get(error.errno or 0, type(error).__name__))
+            continue
+        except InvalidRecordError:
+            left_out.append("InvalidRecord")
+            continue
+        left_out.append(None)
+    return left_out
+
+
+def merge_results(left_out: list[str | None], sent: list[str | None]) -> list[str | None]:
+    """Per record of the batch: why it was left out, else the call's result for it."""
+    answers = iter(sent)
+    return [code if code is not None else next(answers) for code in left_out]
 
 
 class PrebuiltBody:
@@ -202,40 +287,42 @@ class FirehoseSink:
         self._body = PrebuiltBody(client, "before-call.firehose.PutRecordBatch")
 
     def load(self, path: Path) -> Record:
-        return Record(path, read_record(path))
+        return Record(path, len(read_record(path)))
 
     def send(self, batch: Batch) -> list[str | None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        self._body.body = put_record_batch_body(self.stream, [record.data for record in batch])
+        ends = [_FIREHOSE_ENTRY_END] * len(batch)
+        body = RequestBody(put_record_batch_head(self.stream),
+                           [(record.data_size, _FIREHOSE_ENTRY_END) for record in batch])
+        left_out = fill_body(body, batch, ends, read_record)
+        if not body.count:
+            self.last_error = "no record of the batch could be read again from the spool"
+            return left_out
+        self._body.body = body.finish()
         try:
             response = self.client.put_record_batch(
-                DeliveryStreamName=self.stream, Records=[{"Data": b""}] * len(batch))
+                DeliveryStreamName=self.stream, Records=[{"Data": b""}] * body.count)
         except (BotoCoreError, ClientError, OSError) as error:
             self.last_error = str(error)
-            return [error_code(error)] * len(batch)
+            return merge_results(left_out, [error_code(error)] * body.count)
         finally:
             self._body.body = None
         entries = response.get("RequestResponses") or []
         results: list[str | None] = []
-        for index in range(len(batch)):
+        for index in range(body.count):
             entry = entries[index] if index < len(entries) else {}
             if entry.get("RecordId"):
                 results.append(None)
             else:
                 results.append(entry.get("ErrorCode") or "MissingRecordId")
                 self.last_error = entry.get("ErrorMessage") or "no RecordId in the response"
-        return results
+        return merge_results(left_out, results)
 
 
-def put_records_body(stream: str, batch: Batch) -> bytearray:
-    """The JSON request body of Kinesis PutRecords, as botocore would serialize it (see
-    put_record_batch_body)."""
-    head = b'{"StreamName": ' + json.dumps(stream).encode() + b', "Records": ['
-    return _body_of(head, [
-        (b', {"Data": "' if index else b'{"Data": "', record.data,
-         b'", "PartitionKey": ' + json.dumps(record.partition_key).encode() + b"}")
-        for index, record in enumerate(batch)])
+def _spooled_data(path: Path) -> bytes:
+    """The data of a Kinesis spool file, or of a gzip record file."""
+    return load_spooled(path)[1]
 
 
 class KinesisSink:
@@ -261,7 +348,7 @@ class KinesisSink:
         partition_key, data = load_spooled(path)
         if partition_key is None:  # a record spooled for Firehose: the same as a cwl record
             partition_key = cwl_partition_key(self.key_mode, data)
-        return Record(path, data, partition_key)
+        return Record(path, len(data), partition_key)
 
     def send(self, batch: Batch) -> list[str | None]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -270,21 +357,29 @@ class KinesisSink:
         for record in batch:
             self.key_load.add(now, record.partition_key, record.size)
         self._publish_key_load(now)
-        self._body.body = put_records_body(self.stream, batch)
+        ends = [put_records_entry_end(record.partition_key) for record in batch]
+        body = RequestBody(put_records_head(self.stream),
+                           [(record.data_size, end) for record, end in zip(batch, ends)])
+        left_out = fill_body(body, batch, ends, _spooled_data)
+        if not body.count:
+            self.last_error = "no record of the batch could be read again from the spool"
+            return left_out
+        sent = [record for record, code in zip(batch, left_out) if code is None]
+        self._body.body = body.finish()
         placeholder = {"Data": b"", "PartitionKey": "-"}
         try:
             response = self.client.put_records(StreamName=self.stream,
-                                               Records=[placeholder] * len(batch))
+                                               Records=[placeholder] * len(sent))
         except (BotoCoreError, ClientError, OSError) as error:
             self.last_error = str(error)
-            return [error_code(error)] * len(batch)
+            return merge_results(left_out, [error_code(error)] * len(sent))
         finally:
             self._body.body = None
         entries = response.get("Records") or []
         results: list[str | None] = []
         shard_records: Counter[str] = Counter()
         shard_bytes: Counter[str] = Counter()
-        for index, record in enumerate(batch):
+        for index, record in enumerate(sent):
             entry = entries[index] if index < len(entries) else {}
             if entry.get("SequenceNumber"):
                 results.append(None)
@@ -299,7 +394,7 @@ class KinesisSink:
         for shard, count in shard_records.items():
             metrics.KINESIS_SHARD_RECORDS.labels(shard).inc(count)
             metrics.KINESIS_SHARD_BYTES.labels(shard).inc(shard_bytes[shard])
-        return results
+        return merge_results(left_out, results)
 
     def _publish_key_load(self, now: float) -> None:
         if now - self._gauges_at < HOT_KEY_GAUGE_INTERVAL:
@@ -336,16 +431,15 @@ class DirectorySink:
     def load(self, path: Path) -> Record:
         content = read_spool_file(path)
         decode_spool_file(path, content)  # checked; the file is moved as it is
-        return Record(path, content)
+        return Record(path, len(content))
 
     def send(self, batch: Batch) -> list[str | None]:
         results: list[str | None] = []
         for record in batch:
-            path, data = record.path, record.data
             try:
-                self._move(path, data)
+                self._move(record.path)
             except OSError as error:
-                self.last_error = f"{path}: {error}"
+                self.last_error = f"{record.path}: {error}"
                 results.append(errno.errorcode.get(error.errno or 0, type(error).__name__))
             else:
                 results.append(None)
@@ -355,7 +449,7 @@ class DirectorySink:
             log.warning("could not fsync --output-dir %s: %s", self.directory, error)
         return results
 
-    def _move(self, path: Path, data: bytes) -> None:
+    def _move(self, path: Path) -> None:
         target = self.directory / path.name
         try:
             os.replace(path, target)
@@ -366,10 +460,10 @@ class DirectorySink:
         # Another file system: write a copy under a temporary name, then rename it.
         temporary = self.directory / f"{SPOOL_TEMP_PREFIX}{os.getpid()}-{path.name}"
         try:
-            with open(temporary, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
+            with open(path, "rb") as source, open(temporary, "wb") as copy:
+                shutil.copyfileobj(source, copy)
+                copy.flush()
+                os.fsync(copy.fileno())
             os.replace(temporary, target)
         except BaseException:
             temporary.unlink(missing_ok=True)

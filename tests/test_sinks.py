@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import botocore.session
 import pytest
+from botocore.config import Config
 from botocore.serialize import create_serializer
 
 from kinesyslog import kinesis, kpl
@@ -22,6 +25,7 @@ from kinesyslog.sinks import (
     put_record_batch_body,
     put_records_body,
 )
+from tests.fake_firehose import FakeFirehose
 
 
 def botocore_body(stream: str, records: list[bytes]) -> bytes:
@@ -60,7 +64,7 @@ def botocore_put_records_body(stream: str, records: list[tuple[bytes, str]]) -> 
 
 
 def test_put_records_exact_bytes() -> None:
-    batch = [Record(Path("a"), b"\x1f\x8b", "10.0.0.1"), Record(Path("b"), b"x", 'k"é')]
+    batch = [(b"\x1f\x8b", "10.0.0.1"), (b"x", 'k"é')]
     assert put_records_body("s", batch) == (
         b'{"StreamName": "s", "Records": [{"Data": "H4s=", "PartitionKey": "10.0.0.1"}, '
         b'{"Data": "eA==", "PartitionKey": "k\\"\\u00e9"}]}')
@@ -70,13 +74,17 @@ def test_put_records_the_same_request_as_botocore_serializes() -> None:
     records = [(bytes(range(256)) * 40, "10.0.0.1"), (b"x", "/kinesyslog/syslog/514"),
                ("grüße".encode(), 'odd "key" \\ ü')]
     for stream in ["logs", "a.b_c-d"]:
-        ours = put_records_body(stream, [Record(Path("f"), d, k) for d, k in records])
+        ours = put_records_body(stream, records)
         assert json.loads(ours) == json.loads(botocore_put_records_body(stream, records))
 
 
 def test_record_size_counts_the_key_in_utf8() -> None:
-    assert Record(Path("f"), b"abc", "é").size == 5
-    assert Record(Path("f"), b"abc").size == 3
+    assert Record(Path("f"), 3, "é").size == 5
+    assert Record(Path("f"), 3).size == 3
+
+
+def kpl_record_data(path: Path) -> bytes:
+    return kinesis.decode_spooled(path.read_bytes())[1]
 
 
 @pytest.fixture
@@ -100,11 +108,14 @@ def test_kinesis_sink_loads_every_kind(kinds_of_spool_files: dict[str, Path]) ->
     sink = KinesisSink(botocore.session.get_session().create_client(
         "kinesis", region_name="us-east-1"), "logs", "source")
     files = kinds_of_spool_files
-    firehose = sink.load(files["firehose"])  # left by --stream: its key from its header
-    assert firehose.partition_key == "10.0.0.9" and firehose.data == files["firehose"].read_bytes()
-    assert sink.load(files["cwl"]) == firehose.__class__(files["cwl"], firehose.data, "10.0.0.9")
+    gzip_size = files["firehose"].stat().st_size
+    # left by --stream: its key from its header
+    assert sink.load(files["firehose"]) == Record(files["firehose"], gzip_size, "10.0.0.9")
+    assert sink.load(files["cwl"]) == Record(files["cwl"], gzip_size, "10.0.0.9")
     kpl_record = sink.load(files["kpl"])
-    assert kpl_record.partition_key == "10.0.0.9" and kpl_record.data.startswith(kpl.MAGIC)
+    assert kpl_record.partition_key == "10.0.0.9"
+    assert files["kpl"].read_bytes().endswith(kpl_data := kpl_record_data(files["kpl"]))
+    assert kpl_data.startswith(kpl.MAGIC) and kpl_record.data_size == len(kpl_data)
     with pytest.raises(InvalidRecordError, match="cut short in its partition key"):
         sink.load(files["broken"])
 
@@ -113,7 +124,7 @@ def test_firehose_sink_sends_cwl_but_not_kpl(kinds_of_spool_files: dict[str, Pat
     sink = FirehoseSink(botocore.session.get_session().create_client(
         "firehose", region_name="us-east-1"), "s")
     files = kinds_of_spool_files
-    assert sink.load(files["cwl"]).data == files["firehose"].read_bytes()
+    assert sink.load(files["cwl"]) == Record(files["cwl"], files["firehose"].stat().st_size)
     assert sink.load(files["firehose"]).partition_key == ""
     with pytest.raises(InvalidRecordError, match="only --kinesis-stream can send it"):
         sink.load(files["kpl"])
@@ -125,6 +136,64 @@ def test_directory_sink_moves_kinesis_files_whole(kinds_of_spool_files: dict[str
     files = kinds_of_spool_files
     content = files["kpl"].read_bytes()
     record = sink.load(files["kpl"])
-    assert record.data == content
+    assert record == Record(files["kpl"], len(content))
     assert sink.send([record]) == [None]
     assert (tmp_path / "out" / files["kpl"].name).read_bytes() == content
+
+
+# Records are read again from their spool files when sent; one gone or changed meanwhile is
+# left out of the call (and retried), the others are delivered.
+
+@pytest.fixture
+def fake(aws_env: dict[str, str]) -> Iterator[FakeFirehose]:
+    with FakeFirehose(kinesis_streams={"logs": 2}) as server:
+        yield server
+
+
+def client_of(fake: FakeFirehose, service: str) -> Any:
+    return botocore.session.Session().create_client(
+        service, endpoint_url=fake.url, region_name="us-east-1",
+        config=Config(retries={"total_max_attempts": 1}))
+
+
+def gzip_records(count: int) -> list[bytes]:
+    return [build_records("1", "/kinesyslog/syslog/514", f"10.0.0.{i}",
+                          *joined([b'{"id": "1", "timestamp": 1, "message": "m%d"}' % i]))[0]
+            for i in range(count)]
+
+
+def spool_files(directory: Path, contents: list[bytes], suffix: str) -> list[Path]:
+    paths = [directory / f"record-{i:020d}-000000{suffix}" for i in range(len(contents))]
+    for path, content in zip(paths, contents):
+        path.write_bytes(content)
+    return paths
+
+
+def test_firehose_sink_reads_each_record_again_when_it_sends(fake: FakeFirehose,
+                                                             tmp_path: Path) -> None:
+    records = gzip_records(4)
+    paths = spool_files(tmp_path, records, ".gz")
+    sink = FirehoseSink(client_of(fake, "firehose"), "test-stream")
+    batch = [sink.load(path) for path in paths]
+    assert [record.size for record in batch] == [len(record) for record in records]
+    paths[1].unlink()
+    paths[2].write_bytes(records[2] + b"longer")
+    assert sink.send(batch) == [None, "ENOENT", "InvalidRecord", None]
+    assert fake.data() == [records[0], records[3]]
+    assert [call.records for call in fake.calls if call.operation == "PutRecordBatch"] == [2]
+    assert sink.send(batch[1:3]) == ["ENOENT", "InvalidRecord"]  # nothing to send: no call
+    assert len(fake.calls) == 1
+
+
+def test_kinesis_sink_reads_each_record_again_when_it_sends(fake: FakeFirehose,
+                                                            tmp_path: Path) -> None:
+    records = gzip_records(3)
+    paths = spool_files(tmp_path, [kinesis.encode_spooled(f"key {i}", record)
+                                   for i, record in enumerate(records)], ".kds")
+    sink = KinesisSink(client_of(fake, "kinesis"), "logs", "source")
+    batch = [sink.load(path) for path in paths]
+    assert batch[0] == Record(paths[0], len(records[0]), "key 0")
+    paths[1].write_bytes(b"KDS1\x00\x05ab")  # cut short: no longer a record
+    assert sink.send(batch) == [None, "InvalidRecord", None]
+    assert [(stored.partition_key, stored.data) for stored in fake.records] == [
+        ("key 0", records[0]), ("key 2", records[2])]
