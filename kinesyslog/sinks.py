@@ -11,11 +11,11 @@ import shutil
 import time
 from binascii import b2a_base64
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kinesyslog import metrics
 from kinesyslog.aws import error_code
@@ -48,6 +48,7 @@ class Record:
     path: Path
     data_size: int
     partition_key: str = ""  # Kinesis Data Streams only
+    data_offset: int = 0  # where the data starts in the file
 
     @property
     def size(self) -> int:
@@ -119,9 +120,18 @@ def check_gzip_record(path: Path, data: bytes) -> bytes:
     return data
 
 
-def load_spooled(path: Path) -> tuple[str | None, bytes]:
-    """(partition key, data) of a Kinesis spool file, (None, data) of a gzip record file."""
-    return decode_spool_file(path, read_spool_file(path))
+class Spooled(NamedTuple):
+    partition_key: str | None  # None: a gzip record file
+    data: bytes
+    data_offset: int  # where the data starts in the file
+
+
+def load_spooled(path: Path) -> Spooled:
+    """The partition key and data of a Kinesis spool file, or the data of a gzip record
+    file."""
+    content = read_spool_file(path)
+    partition_key, data = decode_spool_file(path, content)
+    return Spooled(partition_key, data, len(content) - len(data))
 
 
 def decode_spool_file(path: Path, content: bytes) -> tuple[str | None, bytes]:
@@ -134,23 +144,27 @@ def decode_spool_file(path: Path, content: bytes) -> tuple[str | None, bytes]:
     return None, check_gzip_record(path, content)
 
 
-def read_record(path: Path) -> bytes:
+def read_record(path: Path) -> Spooled:
     """The gzip record in a spool file (a Firehose record, or the data of a Kinesis record
     in the cwl format); InvalidRecordError if there is none, OSError if unreadable."""
-    partition_key, data = load_spooled(path)
-    if partition_key is None:
-        return data  # checked already
-    if not data.startswith(GZIP_MAGIC):
+    spooled = load_spooled(path)
+    if spooled.partition_key is None:
+        return spooled  # checked already
+    if not spooled.data.startswith(GZIP_MAGIC):
         raise InvalidRecordError(
             "a KPL aggregated record made for Kinesis Data Streams (--kinesis-format kpl); "
             "only --kinesis-stream can send it")
-    return check_gzip_record(path, data)
+    check_gzip_record(path, spooled.data)
+    return spooled
 
 
 _FIRST_ENTRY = b'{"Data": "'
 _NEXT_ENTRY = b', {"Data": "'
 _BODY_END = b"]}"
 _FIREHOSE_ENTRY_END = b'"}'
+# Bytes of a spool file read and base64-encoded at a time: a multiple of 3, so that the
+# chunks' base64 joins into the data's.
+BASE64_CHUNK = 3 * 16384
 
 
 def put_record_batch_head(stream: str) -> bytes:
@@ -173,8 +187,9 @@ class RequestBody:
     botocore base64-encodes each record into a str, then json.dumps the whole request, which
     scans every base64 character for escapes: for 4 MiB of records that was half of the
     uploader's CPU. Base64 text never needs escaping, so the body is assembled from bytes. The
-    sink reads each record's data from its spool file as it adds it: a call holds its body
-    and one record, not the batch's data besides (4 MiB more at the uploader's peak).
+    sink streams each record's data from its spool file into the body, a chunk at a time: a
+    call holds its body and one chunk (4 MiB of records and a copy of each in base64 were
+    held besides before).
     """
 
     def __init__(self, head: bytes, entries: Sequence[tuple[int, bytes]]) -> None:
@@ -190,6 +205,31 @@ class RequestBody:
         self._write(_NEXT_ENTRY if self.count else _FIRST_ENTRY)
         self._write(b2a_base64(data, newline=False))
         self._write(end)
+        self.count += 1
+
+    def add_file(self, path: Path, offset: int, size: int, end: bytes) -> None:
+        """Adds an entry whose data is the last ``size`` bytes of a spool file, from
+        ``offset`` on, read and encoded a chunk at a time. OSError if the file cannot be read,
+        InvalidRecordError if it is no longer ``offset + size`` bytes long; nothing is added
+        then."""
+        at = self._at
+        try:
+            with open(path, "rb") as file:
+                if os.fstat(file.fileno()).st_size != offset + size:
+                    raise InvalidRecordError("the file changed since it was checked")
+                file.seek(offset)
+                self._write(_NEXT_ENTRY if self.count else _FIRST_ENTRY)
+                left = size
+                while left:
+                    chunk = file.read(min(BASE64_CHUNK, left))  # whole, but at the end
+                    if not chunk:
+                        raise InvalidRecordError("the file changed since it was checked")
+                    self._write(b2a_base64(chunk, newline=False))
+                    left -= len(chunk)
+                self._write(end)
+        except BaseException:
+            self._at = at
+            raise
         self.count += 1
 
     def finish(self) -> bytearray:
@@ -225,17 +265,7 @@ def put_records_body(stream: str, records: Sequence[tuple[bytes, str]]) -> bytea
     return body.finish()
 
 
-def _read_again(record: Record, read: Callable[[Path], bytes]) -> bytes:
-    """A loaded record's data, read again to be sent; OSError if the file is gone or
-    unreadable now, InvalidRecordError if it changed."""
-    data = read(record.path)
-    if len(data) != record.data_size:
-        raise InvalidRecordError(f"{len(data)} bytes now, {record.data_size} when loaded")
-    return data
-
-
-def fill_body(body: RequestBody, batch: Batch, ends: Sequence[bytes],
-              read: Callable[[Path], bytes]) -> list[str | None]:
+def fill_body(body: RequestBody, batch: Batch, ends: Sequence[bytes]) -> list[str | None]:
     """Adds each record of the batch to the body, its data read again from its spool file.
     Per record: None if added, else why not (an errno name, or InvalidRecord): such a record
     is left out of the call and retried, when the uploader loads it again (and moves it to
@@ -243,7 +273,7 @@ def fill_body(body: RequestBody, batch: Batch, ends: Sequence[bytes],
     left_out: list[str | None] = []
     for record, end in zip(batch, ends):
         try:
-            body.add(_read_again(record, read), end)
+            body.add_file(record.path, record.data_offset, record.data_size, end)
         except OSError as error:
             left_out.append(errno.errorcode.get(error.errno or 0, type(error).__name__))
             continue
@@ -287,7 +317,8 @@ class FirehoseSink:
         self._body = PrebuiltBody(client, "before-call.firehose.PutRecordBatch")
 
     def load(self, path: Path) -> Record:
-        return Record(path, len(read_record(path)))
+        _, data, offset = read_record(path)
+        return Record(path, len(data), data_offset=offset)
 
     def send(self, batch: Batch) -> list[str | None]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -295,7 +326,7 @@ class FirehoseSink:
         ends = [_FIREHOSE_ENTRY_END] * len(batch)
         body = RequestBody(put_record_batch_head(self.stream),
                            [(record.data_size, _FIREHOSE_ENTRY_END) for record in batch])
-        left_out = fill_body(body, batch, ends, read_record)
+        left_out = fill_body(body, batch, ends)
         if not body.count:
             self.last_error = "no record of the batch could be read again from the spool"
             return left_out
@@ -320,11 +351,6 @@ class FirehoseSink:
         return merge_results(left_out, results)
 
 
-def _spooled_data(path: Path) -> bytes:
-    """The data of a Kinesis spool file, or of a gzip record file."""
-    return load_spooled(path)[1]
-
-
 class KinesisSink:
     """Kinesis Data Streams: PutRecords, each record under its own partition key. Counts what
     each shard took, and tracks the bytes per key to name a hot one."""
@@ -345,10 +371,10 @@ class KinesisSink:
         self._body = PrebuiltBody(client, "before-call.kinesis.PutRecords")
 
     def load(self, path: Path) -> Record:
-        partition_key, data = load_spooled(path)
+        partition_key, data, offset = load_spooled(path)
         if partition_key is None:  # a record spooled for Firehose: the same as a cwl record
             partition_key = cwl_partition_key(self.key_mode, data)
-        return Record(path, len(data), partition_key)
+        return Record(path, len(data), partition_key, offset)
 
     def send(self, batch: Batch) -> list[str | None]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -360,7 +386,7 @@ class KinesisSink:
         ends = [put_records_entry_end(record.partition_key) for record in batch]
         body = RequestBody(put_records_head(self.stream),
                            [(record.data_size, end) for record, end in zip(batch, ends)])
-        left_out = fill_body(body, batch, ends, _spooled_data)
+        left_out = fill_body(body, batch, ends)
         if not body.count:
             self.last_error = "no record of the batch could be read again from the spool"
             return left_out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,18 @@ from botocore.serialize import create_serializer
 from kinesyslog import kinesis, kpl
 from kinesyslog.records import build_records, joined
 from kinesyslog.sinks import (
+    BASE64_CHUNK,
     DirectorySink,
     FirehoseSink,
     InvalidRecordError,
     KinesisSink,
     Record,
+    RequestBody,
     put_record_batch_body,
+    put_record_batch_head,
     put_records_body,
+    put_records_entry_end,
+    put_records_head,
 )
 from tests.fake_firehose import FakeFirehose
 
@@ -111,7 +117,9 @@ def test_kinesis_sink_loads_every_kind(kinds_of_spool_files: dict[str, Path]) ->
     gzip_size = files["firehose"].stat().st_size
     # left by --stream: its key from its header
     assert sink.load(files["firehose"]) == Record(files["firehose"], gzip_size, "10.0.0.9")
-    assert sink.load(files["cwl"]) == Record(files["cwl"], gzip_size, "10.0.0.9")
+    header = files["cwl"].stat().st_size - gzip_size  # KDS1, the key's length, the key
+    assert header == 4 + 2 + len("10.0.0.9")
+    assert sink.load(files["cwl"]) == Record(files["cwl"], gzip_size, "10.0.0.9", header)
     kpl_record = sink.load(files["kpl"])
     assert kpl_record.partition_key == "10.0.0.9"
     assert files["kpl"].read_bytes().endswith(kpl_data := kpl_record_data(files["kpl"]))
@@ -124,7 +132,9 @@ def test_firehose_sink_sends_cwl_but_not_kpl(kinds_of_spool_files: dict[str, Pat
     sink = FirehoseSink(botocore.session.get_session().create_client(
         "firehose", region_name="us-east-1"), "s")
     files = kinds_of_spool_files
-    assert sink.load(files["cwl"]) == Record(files["cwl"], files["firehose"].stat().st_size)
+    gzip_size = files["firehose"].stat().st_size
+    assert sink.load(files["cwl"]) == Record(files["cwl"], gzip_size, "",
+                                             files["cwl"].stat().st_size - gzip_size)
     assert sink.load(files["firehose"]).partition_key == ""
     with pytest.raises(InvalidRecordError, match="only --kinesis-stream can send it"):
         sink.load(files["kpl"])
@@ -192,8 +202,33 @@ def test_kinesis_sink_reads_each_record_again_when_it_sends(fake: FakeFirehose,
                                    for i, record in enumerate(records)], ".kds")
     sink = KinesisSink(client_of(fake, "kinesis"), "logs", "source")
     batch = [sink.load(path) for path in paths]
-    assert batch[0] == Record(paths[0], len(records[0]), "key 0")
+    assert batch[0] == Record(paths[0], len(records[0]), "key 0", 4 + 2 + len("key 0"))
     paths[1].write_bytes(b"KDS1\x00\x05ab")  # cut short: no longer a record
     assert sink.send(batch) == [None, "InvalidRecord", None]
     assert [(stored.partition_key, stored.data) for stored in fake.records] == [
         ("key 0", records[0]), ("key 2", records[2])]
+
+
+def test_records_are_encoded_a_chunk_at_a_time(tmp_path: Path) -> None:
+    """Data longer than one chunk, of every length modulo 3, at an offset in its file: the
+    body is the one made from the data in memory."""
+    data = [random.Random(size).randbytes(size) for size in
+            (3 * BASE64_CHUNK, 3 * BASE64_CHUNK + 1, 2 * BASE64_CHUNK + 2, 1, 2, 3)]
+    paths = spool_files(tmp_path, [b"KDS1\x00\x01k" + d for d in data], ".kds")
+    end = put_records_entry_end("k")
+    body = RequestBody(put_records_head("s"), [(len(d), end) for d in data])
+    for path, d in zip(paths, data):
+        body.add_file(path, 7, len(d), end)
+    assert body.finish() == put_records_body("s", [(d, "k") for d in data])
+
+
+def test_a_file_that_changed_adds_nothing(tmp_path: Path) -> None:
+    data = random.Random(1).randbytes(2 * BASE64_CHUNK)
+    [path] = spool_files(tmp_path, [data], ".gz")
+    body = RequestBody(put_record_batch_head("s"), [(len(data), b'"}')] * 2)
+    with pytest.raises(InvalidRecordError, match="changed"):
+        body.add_file(path, 0, len(data) - 1, b'"}')
+    with pytest.raises(FileNotFoundError):
+        body.add_file(tmp_path / "gone", 0, 3, b'"}')
+    body.add_file(path, 0, len(data), b'"}')
+    assert body.finish() == put_record_batch_body("s", [data])
