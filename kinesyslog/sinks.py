@@ -188,8 +188,8 @@ class RequestBody:
     scans every base64 character for escapes: for 4 MiB of records that was half of the
     uploader's CPU. Base64 text never needs escaping, so the body is assembled from bytes. The
     sink streams each record's data from its spool file into the body, a chunk at a time: a
-    call holds its body and one chunk (4 MiB of records and a copy of each in base64 were
-    held besides before).
+    call holds its body and one chunk, not the batch's data and its base64 besides (9 MB
+    more at the uploader's peak).
     """
 
     def __init__(self, head: bytes, entries: Sequence[tuple[int, bytes]]) -> None:
@@ -200,12 +200,6 @@ class RequestBody:
         self._at = 0
         self.count = 0
         self._write(head)
-
-    def add(self, data: bytes, end: bytes) -> None:
-        self._write(_NEXT_ENTRY if self.count else _FIRST_ENTRY)
-        self._write(b2a_base64(data, newline=False))
-        self._write(end)
-        self.count += 1
 
     def add_file(self, path: Path, offset: int, size: int, end: bytes) -> None:
         """Adds an entry whose data is the last ``size`` bytes of a spool file, from
@@ -244,25 +238,6 @@ class RequestBody:
             raise ValueError("an entry larger than announced")
         self._buffer[self._at:end] = piece
         self._at = end
-
-
-def put_record_batch_body(stream: str, records: Sequence[bytes]) -> bytearray:
-    """PutRecordBatch's body of records in memory."""
-    body = RequestBody(put_record_batch_head(stream),
-                       [(len(data), _FIREHOSE_ENTRY_END) for data in records])
-    for data in records:
-        body.add(data, _FIREHOSE_ENTRY_END)
-    return body.finish()
-
-
-def put_records_body(stream: str, records: Sequence[tuple[bytes, str]]) -> bytearray:
-    """PutRecords' body of (data, partition key) in memory."""
-    ends = [put_records_entry_end(key) for _, key in records]
-    body = RequestBody(put_records_head(stream),
-                       [(len(data), end) for (data, _), end in zip(records, ends)])
-    for (data, _), end in zip(records, ends):
-        body.add(data, end)
-    return body.finish()
 
 
 def fill_body(body: RequestBody, batch: Batch, ends: Sequence[bytes]) -> list[str | None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,31 @@ from kinesyslog.sinks import (
     KinesisSink,
     Record,
     RequestBody,
-    put_record_batch_body,
     put_record_batch_head,
-    put_records_body,
     put_records_entry_end,
     put_records_head,
 )
 from tests.fake_firehose import FakeFirehose
+
+
+def body_of(head: bytes, entries: list[tuple[bytes, bytes]]) -> bytearray:
+    """The body RequestBody writes of (data, what follows it) pairs, each data in a file."""
+    body = RequestBody(head, [(len(data), end) for data, end in entries])
+    with tempfile.TemporaryDirectory() as directory:
+        for index, (data, end) in enumerate(entries):
+            path = Path(directory, f"record-{index}")
+            path.write_bytes(data)
+            body.add_file(path, 0, len(data), end)
+    return body.finish()
+
+
+def put_record_batch_body(stream: str, records: list[bytes]) -> bytearray:
+    return body_of(put_record_batch_head(stream), [(data, b'"}') for data in records])
+
+
+def put_records_body(stream: str, records: list[tuple[bytes, str]]) -> bytearray:
+    return body_of(put_records_head(stream),
+                   [(data, put_records_entry_end(key)) for data, key in records])
 
 
 def botocore_body(stream: str, records: list[bytes]) -> bytes:
