@@ -240,11 +240,14 @@ class RequestBody:
         self._at = end
 
 
-def fill_body(body: RequestBody, batch: Batch, ends: Sequence[bytes]) -> list[str | None]:
-    """Adds each record of the batch to the body, its data read again from its spool file.
-    Per record: None if added, else why not (an errno name, or InvalidRecord): such a record
-    is left out of the call and retried, when the uploader loads it again (and moves it to
-    corrupt/ or forgets it)."""
+def write_body(head: bytes, batch: Batch, ends: Sequence[bytes]) -> tuple[
+        bytearray | None, list[str | None]]:
+    """The request body of the batch's records, each read again from its spool file and
+    followed by its entry of ``ends`` (None if none could be added); and per record None if
+    added, else why not (an errno name, or InvalidRecord): such a record is left out of the
+    call and retried, when the uploader loads it again (and moves it to corrupt/ or forgets
+    it)."""
+    body = RequestBody(head, [(record.data_size, end) for record, end in zip(batch, ends)])
     left_out: list[str | None] = []
     for record, end in zip(batch, ends):
         try:
@@ -256,7 +259,10 @@ def fill_body(body: RequestBody, batch: Batch, ends: Sequence[bytes]) -> list[st
             left_out.append("InvalidRecord")
             continue
         left_out.append(None)
-    return left_out
+    return (body.finish() if body.count else None), left_out
+
+
+NOTHING_READ = "no record of the batch could be read again from the spool"
 
 
 def merge_results(left_out: list[str | None], sent: list[str | None]) -> list[str | None]:
@@ -298,25 +304,24 @@ class FirehoseSink:
     def send(self, batch: Batch) -> list[str | None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        ends = [_FIREHOSE_ENTRY_END] * len(batch)
-        body = RequestBody(put_record_batch_head(self.stream),
-                           [(record.data_size, _FIREHOSE_ENTRY_END) for record in batch])
-        left_out = fill_body(body, batch, ends)
-        if not body.count:
-            self.last_error = "no record of the batch could be read again from the spool"
+        body, left_out = write_body(put_record_batch_head(self.stream), batch,
+                                    [_FIREHOSE_ENTRY_END] * len(batch))
+        if body is None:
+            self.last_error = NOTHING_READ
             return left_out
-        self._body.body = body.finish()
+        sent = left_out.count(None)
+        self._body.body = body
         try:
             response = self.client.put_record_batch(
-                DeliveryStreamName=self.stream, Records=[{"Data": b""}] * body.count)
+                DeliveryStreamName=self.stream, Records=[{"Data": b""}] * sent)
         except (BotoCoreError, ClientError, OSError) as error:
             self.last_error = str(error)
-            return merge_results(left_out, [error_code(error)] * body.count)
+            return merge_results(left_out, [error_code(error)] * sent)
         finally:
             self._body.body = None
         entries = response.get("RequestResponses") or []
         results: list[str | None] = []
-        for index in range(body.count):
+        for index in range(sent):
             entry = entries[index] if index < len(entries) else {}
             if entry.get("RecordId"):
                 results.append(None)
@@ -358,15 +363,14 @@ class KinesisSink:
         for record in batch:
             self.key_load.add(now, record.partition_key, record.size)
         self._publish_key_load(now)
-        ends = [put_records_entry_end(record.partition_key) for record in batch]
-        body = RequestBody(put_records_head(self.stream),
-                           [(record.data_size, end) for record, end in zip(batch, ends)])
-        left_out = fill_body(body, batch, ends)
-        if not body.count:
-            self.last_error = "no record of the batch could be read again from the spool"
+        body, left_out = write_body(
+            put_records_head(self.stream), batch,
+            [put_records_entry_end(record.partition_key) for record in batch])
+        if body is None:
+            self.last_error = NOTHING_READ
             return left_out
         sent = [record for record, code in zip(batch, left_out) if code is None]
-        self._body.body = body.finish()
+        self._body.body = body
         placeholder = {"Data": b"", "PartitionKey": "-"}
         try:
             response = self.client.put_records(StreamName=self.stream,
