@@ -155,6 +155,36 @@ def test_encoded_events_exact_bytes(backend: Backend) -> None:
     ]
 
 
+def test_timestamps_of_consecutive_events(backend: Backend) -> None:
+    """The digits of a timestamp's seconds are kept from one event to the next: each event
+    still carries its own timestamp, whatever came before it."""
+    stamps = [1519247270123, 1519247270124, 1519247270999, 1519247271000, 1519247270005,
+              999, 0, 1000, 1001, 10000, -1, -999, -1000, -1001, 2**62, -(2**63), 2**63 - 1,
+              1519247270123]
+    buffers = make_buffers(backend)
+    buffers.add_batch([(KIND_SYSLOG, 514, b"h", stamp, b"no timestamp") for stamp in stamps])
+    [(_, events)] = taken(buffers)
+    assert [json.loads(event)["timestamp"] for event in events] == stamps
+    assert [event.split(b'"timestamp": ')[1].split(b",")[0] for event in events] == [
+        str(stamp).encode() for stamp in stamps]
+
+
+@pytest.mark.parametrize(
+    "special",
+    [b'"', b"\\", b"\n", b"\x01", b"\x1f", b"\x7f", b"\x80", b"\xff", "é".encode(),
+     "€".encode(), "😀".encode(), b"\xe2\x82"],
+)
+def test_json_string_with_the_special_byte_anywhere(backend: Backend, special: bytes) -> None:
+    """Plain text is copied up to 16 bytes at a time: a byte that needs work is found at each
+    position of a block and across blocks."""
+    for length in range(0, 40):
+        for at in range(length + 1):
+            message = b"a" * at + special + b"b" * (length - at)
+            assert backend.events.json_string(message) == reference(message), message
+            doubled = message + message[::-1]
+            assert backend.events.json_string(doubled) == reference(doubled), doubled
+
+
 def test_events_are_json_dumps_of_the_event(backend: Backend) -> None:
     buffers = make_buffers(backend)
     message = "<13>Feb 29 10:11:12 host: é \x01".encode() + b"\xc3"

@@ -207,6 +207,32 @@ def test_correct_after_the_offset_cache_fills_up(backend: Backend) -> None:
     assert extractor.extract(b"<13>Jul  4 12:00:00 host", receive) == 1720108800000
 
 
+def test_messages_that_share_a_second_each_read_their_own_tail(backend: Backend) -> None:
+    """One extractor, as the worker has: a run of messages with the same date and time to the
+    second, then others, each read in full (docs/contract.md §4.9)."""
+    extractor = backend.syslog.TimestampExtractor()
+    second = (datetime(2024, 2, 29, 10, 11, 12) - datetime(1970, 1, 1)) // timedelta(
+        milliseconds=1)
+    runs = [
+        (b"<13>1 2024-02-29T10:11:12.345Z host", second + 345),
+        (b"<13>1 2024-02-29T10:11:12.9+01:30 host", second + 900 - 90 * 60_000),
+        (b"<13>1 2024-02-29T10:11:12-00:01", second + 60_000),
+        (b"<13>1 2024-02-29T10:11:12+01:0x host", R),  # the same second, a bad offset
+        (b"<13>1 2024-02-29T10:11:12.Z host", R),  # the same second, an empty fraction
+        (b"<13>1 2024-02-29T10:11:12Zhost", R),  # the same second, no SP after it
+        (b"<13>1 2024-02-29T10:11:12", R),  # the same second, no offset
+        (b"<13>1 2024-02-29t10:11:12z", second),  # lowercase: another prefix, same time
+        (b"<13>1 2024-02-29T10:11:13Z", second + 1000),
+        (b"<13>1 2024-02-30T10:11:13Z", R),  # no such day, after a valid one
+        (b"<13>1 2024-02-29T10:11:13Z", second + 1000),
+        (b"<13>1 2024-02-29T10:11:60Z", second - 12_000 + 59_000),  # a leap second
+        (b"2024-02-29T10:11:12.5Z", second + 500),  # rsyslog's form, no VERSION
+        (b"<13>1 2024-02-29T10:11:12.345Z host", second + 345),
+    ]
+    for message, expected in runs:
+        assert extractor.extract(message, R) == expected, message
+
+
 def test_accepts_any_buffer(backend: Backend) -> None:
     extractor = backend.syslog.TimestampExtractor()
     message = b"<13>1 2024-02-29T10:11:12Z host"

@@ -45,36 +45,51 @@ cdef long GELF = KIND_GELF
 
 cdef const char* HEX = b"0123456789abcdef"
 
-# Byte classes: 0 copied as is, 1 ASCII that JSON escapes, 2 the start of a UTF-8 sequence
-# or an invalid byte.
-cdef unsigned char BYTE_CLASS[256]
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
 
+    /* A byte JSON writes as it is: ASCII but the controls, '"' and backslash. */
+    static inline int ksy_json_plain(unsigned char c) {
+        return c >= 0x20 && c < 0x80 && c != 0x22 && c != 0x5C;
+    }
 
-cdef void init_classes() noexcept:
-    cdef int c
-    for c in range(256):
-        if c < 0x20 or c == 0x22 or c == 0x5C:
-            BYTE_CLASS[c] = 1
-        elif c >= 0x80:
-            BYTE_CLASS[c] = 2
-        else:
-            BYTE_CLASS[c] = 0
-
-
-init_classes()
-
-cdef uint64_t ONES = 0x0101010101010101ULL
-cdef uint64_t HIGHS = 0x8080808080808080ULL
-
-
-cdef inline bint plain8(const unsigned char* p) noexcept:
-    """True if none of the 8 bytes at p needs work (SWAR: no byte < 0x20, >= 0x80, '"', '\\')."""
-    cdef uint64_t x, quote, backslash
-    memcpy(&x, p, 8)
-    quote = x ^ (ONES * 0x22)
-    backslash = x ^ (ONES * 0x5C)
-    return (((x - ONES * 0x20) | x | (quote - ONES) & ~quote | (backslash - ONES) & ~backslash)
-            & HIGHS) == 0
+    /* Copies the leading bytes of src[0:n] that JSON writes as they are to out; how many.
+       With SSE2, 16 bytes at a time, checked after they are stored: out must have room for
+       n bytes. */
+    static inline Py_ssize_t ksy_copy_json_plain(const unsigned char *src, Py_ssize_t n,
+                                                 unsigned char *out) {
+        Py_ssize_t i = 0;
+    #if defined(__SSE2__)
+        const __m128i space = _mm_set1_epi8(0x20);
+        const __m128i quote = _mm_set1_epi8(0x22);
+        const __m128i backslash = _mm_set1_epi8(0x5C);
+        while (n - i >= 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(src + i));
+            _mm_storeu_si128((__m128i *)(out + i), x);
+            /* A signed compare: bytes from 0x80 up are negative, below 0x20 too. */
+            __m128i special = _mm_or_si128(
+                _mm_cmplt_epi8(x, space),
+                _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)));
+            int mask = _mm_movemask_epi8(special);
+            if (mask)
+                return i + __builtin_ctz((unsigned)mask);
+            i += 16;
+        }
+    #endif
+        while (i < n && ksy_json_plain(src[i])) {
+            out[i] = src[i];
+            i++;
+        }
+        return i;
+    }
+    """
+    Py_ssize_t ksy_copy_json_plain(const unsigned char* src, Py_ssize_t n,
+                                   unsigned char* out) noexcept nogil
 
 
 cdef inline bint is_cont(unsigned char c) noexcept:
@@ -109,17 +124,13 @@ cdef inline Py_ssize_t utf8_length(const unsigned char* p, Py_ssize_t remaining)
 cdef Py_ssize_t write_json_string(const unsigned char* src, Py_ssize_t n,
                                   unsigned char* out) noexcept:
     """Write the JSON string of src into out (room for 6 * n + 2 bytes); its length."""
-    cdef Py_ssize_t i = 0, o = 1, start, length
+    cdef Py_ssize_t i = 0, o = 1, length
     cdef unsigned char c
     out[0] = 0x22
     while True:
-        start = i
-        while n - i >= 8 and plain8(src + i):
-            i += 8
-        while i < n and BYTE_CLASS[src[i]] == 0:
-            i += 1
-        memcpy(out + o, src + start, i - start)
-        o += i - start
+        length = ksy_copy_json_plain(src + i, n - i, out + o)
+        i += length
+        o += length
         if i >= n:
             break
         c = src[i]
@@ -215,27 +226,37 @@ cdef class IdGenerator:
         return PyBytes_FromStringAndSize(<char*>out, ID_LENGTH)
 
 
+cdef const char* DIGIT_PAIRS = (b"00010203040506070809101112131415161718192021222324252627282930"
+                                b"31323334353637383940414243444546474849505152535455565758596061"
+                                b"62636465666768697071727374757677787980818283848586878889909192"
+                                b"93949596979899")
+
+
 cdef inline Py_ssize_t write_int(long long value, unsigned char* out) noexcept:
+    """Writes value in decimal at out; how many bytes (at most 20)."""
     cdef unsigned char tmp[20]
-    cdef Py_ssize_t k = 0, o = 0
+    cdef Py_ssize_t k = 20, o = 0
     cdef unsigned long long v
+    cdef unsigned int pair
     if value < 0:
         out[0] = 0x2D
         o = 1
         v = <unsigned long long>(-(value + 1)) + 1
     else:
         v = <unsigned long long>value
-    while True:
-        tmp[k] = 0x30 + <unsigned char>(v % 10)
-        k += 1
-        v //= 10
-        if v == 0:
-            break
-    while k > 0:
+    while v >= 100:
+        pair = <unsigned int>(v % 100)
+        v //= 100
+        k -= 2
+        memcpy(tmp + k, DIGIT_PAIRS + 2 * pair, 2)
+    if v >= 10:
+        k -= 2
+        memcpy(tmp + k, DIGIT_PAIRS + 2 * v, 2)
+    else:
         k -= 1
-        out[o] = tmp[k]
-        o += 1
-    return o
+        tmp[k] = 0x30 + <unsigned char>v
+    memcpy(out + o, tmp + k, 20 - k)
+    return o + 20 - k
 
 
 # Large stream buffers are kept when their stream was flushed, for the next busy stream: a
@@ -343,6 +364,10 @@ cdef class EventBuffers:
     # GELF messages that are not one JSON object (relayed all the same), decided here where
     # the message is parsed.
     cdef readonly long long gelf_invalid_json
+    # The seconds of the last timestamp written (0: none yet) and their digits
+    cdef long long _stamp_second
+    cdef unsigned char _stamp_digits[20]
+    cdef Py_ssize_t _stamp_length
 
     def __init__(self, TimestampExtractor extractor not None, IdGenerator ids not None):
         self.extractor = extractor
@@ -376,6 +401,23 @@ cdef class EventBuffers:
         self.last = group
         return group
 
+    cdef Py_ssize_t _write_timestamp(self, long long ms, unsigned char* out) noexcept:
+        """write_int(ms): the digits of its seconds are kept from the previous event of the
+        same second, the digits of the milliseconds are written."""
+        cdef long long second
+        cdef int rest
+        if ms < 1000:
+            return write_int(ms, out)
+        second = ms // 1000
+        rest = <int>(ms - second * 1000)
+        if second != self._stamp_second:
+            self._stamp_length = write_int(second, self._stamp_digits)
+            self._stamp_second = second
+        memcpy(out, self._stamp_digits, self._stamp_length)
+        memcpy(out + self._stamp_length, DIGIT_PAIRS + 2 * (rest // 10), 2)
+        out[self._stamp_length + 2] = 0x30 + rest % 10
+        return self._stamp_length + 3
+
     cdef int _add(self, long kind, long port, const char* source, Py_ssize_t source_length,
                   long long receive_ms, const unsigned char* data,
                   Py_ssize_t length) except -1:
@@ -398,7 +440,7 @@ cdef class EventBuffers:
         self.ids.write_next(out + o + 8)
         memcpy(out + o + 8 + ID_LENGTH, b'", "timestamp": ', 16)
         o += 8 + ID_LENGTH + 16
-        o += write_int(timestamp, out + o)
+        o += self._write_timestamp(timestamp, out + o)
         memcpy(out + o, b', "message": ', 13)
         o += 13
         o += write_json_string(data, length, out + o)

@@ -10,9 +10,14 @@ cdef class TimestampExtractor:
     cdef long long _last_local_offset
     cdef long long _last_utc_hour
     cdef long long _last_utc_offset
+    # The last valid "YYYY-MM-DDTHH:MM:SS" read, and its seconds (LLONG_MIN: none yet)
+    cdef unsigned char _rfc3339_prefix[19]
+    cdef long long _rfc3339_seconds
 
     cdef long long c_extract(self, const unsigned char* data, Py_ssize_t length,
                              long long receive_ms) noexcept
+    cdef long long _rfc3339(self, const unsigned char* p, Py_ssize_t n,
+                            long long receive_ms) noexcept
     cdef long long _rfc3164(self, const unsigned char* p, Py_ssize_t n,
                             long long receive_ms) noexcept
     cdef long long _local_offset(self, long long local_s) noexcept

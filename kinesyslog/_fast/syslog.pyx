@@ -55,6 +55,7 @@ from zoneinfo import ZoneInfo
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.limits cimport LLONG_MIN
+from libc.string cimport memcmp, memcpy
 
 from kinesyslog.constants import RFC3164_MAX_FUTURE_MS, TIMEZONE_CACHE_SIZE
 
@@ -167,14 +168,13 @@ cdef inline bint valid_time(int hour, int minute, int second) noexcept:
     return 0 <= hour <= 23 and 0 <= minute <= 59 and 0 <= second <= 60
 
 
-cdef long long rfc3339(const unsigned char* p, Py_ssize_t n, long long receive_ms) noexcept:
-    """FULL-DATE "T" FULL-TIME at p, followed by SP or the end; else receive_ms."""
-    cdef int year, month, day, hour, minute, second, ms, off_hour, off_minute
-    cdef long long offset = 0
-    cdef Py_ssize_t k
-    if n < 20 or p[4] != 0x2D or p[7] != 0x2D or (p[10] | 0x20) != 0x74 or p[13] != 0x3A \
+cdef long long rfc3339_prefix_seconds(const unsigned char* p) noexcept:
+    """Seconds since the epoch of the 19 bytes "YYYY-MM-DDTHH:MM:SS" at p (a leap second
+    read as 59), or LLONG_MIN if they are not one."""
+    cdef int year, month, day, hour, minute, second
+    if p[4] != 0x2D or p[7] != 0x2D or (p[10] | 0x20) != 0x74 or p[13] != 0x3A \
             or p[16] != 0x3A:
-        return receive_ms
+        return LLONG_MIN
     year = digits(p, 4)
     month = digits(p + 5, 2)
     day = digits(p + 8, 2)
@@ -183,8 +183,19 @@ cdef long long rfc3339(const unsigned char* p, Py_ssize_t n, long long receive_m
     second = digits(p + 17, 2)
     if year < 0 or month < 1 or month > 12 or day < 1 or day > days_in_month(year, month) \
             or not valid_time(hour, minute, second):
-        return receive_ms
-    k = fraction_ms(p, 19, n, &ms)
+        return LLONG_MIN
+    if second == 60:
+        second = 59
+    return days_from_civil(year, month, day) * DAY + hour * HOUR + minute * 60 + second
+
+
+cdef long long rfc3339_rest(const unsigned char* p, Py_ssize_t n, long long seconds,
+                            long long receive_ms) noexcept:
+    """The timestamp whose first 19 bytes at p are ``seconds`` (rfc3339_prefix_seconds):
+    TIME-SECFRAC and TIME-OFFSET follow, then SP or the end; else receive_ms."""
+    cdef int ms, off_hour, off_minute
+    cdef long long offset = 0
+    cdef Py_ssize_t k = fraction_ms(p, 19, n, &ms)
     if k < 0 or k >= n:
         return receive_ms
     if (p[k] | 0x20) == 0x7A:
@@ -204,10 +215,7 @@ cdef long long rfc3339(const unsigned char* p, Py_ssize_t n, long long receive_m
         return receive_ms
     if k < n and p[k] != 0x20:
         return receive_ms
-    if second == 60:
-        second = 59
-    return (days_from_civil(year, month, day) * DAY + hour * HOUR + minute * 60 + second
-            - offset) * 1000 + ms
+    return (seconds - offset) * 1000 + ms
 
 
 cdef inline int month_number(const unsigned char* p) noexcept:
@@ -258,6 +266,7 @@ cdef class TimestampExtractor:
         self._last_local_offset = 0
         self._last_utc_hour = LLONG_MIN
         self._last_utc_offset = 0
+        self._rfc3339_seconds = LLONG_MIN  # nothing in _rfc3339_prefix yet
 
     def extract(self, message, long long receive_ms) -> int:
         """Timestamp of message in ms since the epoch, or receive_ms if it has none."""
@@ -282,10 +291,27 @@ cdef class TimestampExtractor:
             return receive_ms
         c = data[i]
         if c == 0x31 and data[i + 1] == 0x20:
-            return rfc3339(data + i + 2, length - i - 2, receive_ms)
+            return self._rfc3339(data + i + 2, length - i - 2, receive_ms)
         if 0x30 <= c <= 0x39:
-            return rfc3339(data + i, length - i, receive_ms)
+            return self._rfc3339(data + i, length - i, receive_ms)
         return self._rfc3164(data + i, length - i, receive_ms)
+
+    cdef long long _rfc3339(self, const unsigned char* p, Py_ssize_t n,
+                            long long receive_ms) noexcept:
+        """FULL-DATE "T" FULL-TIME at p, followed by SP or the end; else receive_ms. The
+        date and time to the second are read once for a run of messages that share them."""
+        cdef long long seconds
+        if n < 20:
+            return receive_ms
+        if self._rfc3339_seconds != LLONG_MIN and memcmp(p, self._rfc3339_prefix, 19) == 0:
+            seconds = self._rfc3339_seconds
+        else:
+            seconds = rfc3339_prefix_seconds(p)
+            if seconds == LLONG_MIN:
+                return receive_ms
+            memcpy(self._rfc3339_prefix, p, 19)
+            self._rfc3339_seconds = seconds
+        return rfc3339_rest(p, n, seconds, receive_ms)
 
     cdef long long _rfc3164(self, const unsigned char* p, Py_ssize_t n,
                             long long receive_ms) noexcept:
