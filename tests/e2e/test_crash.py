@@ -56,6 +56,15 @@ def highest_sequence_read(spool: Path) -> int:
         ring.close()
 
 
+def process_gone(pid: int) -> bool:
+    """The process has exited: no /proc entry (it may vanish between two reads), or a zombie
+    waiting for its parent."""
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH while the kernel reaps it
+        return True
+
+
 @pytest.mark.parametrize("victims", [("worker", "listener"), ("listener",)])
 def test_sigkill_loses_nothing_read(moto_server, tmp_path: Path, victims: tuple[str, ...]) -> None:
     spool = tmp_path / "spool"
@@ -72,9 +81,7 @@ def test_sigkill_loses_nothing_read(moto_server, tmp_path: Path, victims: tuple[
             os.kill(pids[victim], signal.SIGKILL)
         relay.wait(30)
         for pid in children.values():  # orphaned children exit by themselves; make sure
-            wait_for(lambda p=pid: not Path(f"/proc/{p}").exists()
-                     or "zombie" in Path(f"/proc/{p}/status").read_text(), 30,
-                     message=f"child {pid} gone")
+            wait_for(lambda p=pid: process_gone(p), 30, message=f"child {pid} gone")
     finally:
         sender.halt.set()
         sender.join(10)
