@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from kinesyslog.constants import SPOOL_RESUME_FRACTION
+from kinesyslog.spool import Spool
 from tests.chaos import harness
 from tests.chaos.harness import MIB, Monitor, Result, TcpSender
 from tests.e2e.relay_process import Relay
@@ -72,6 +74,7 @@ def test_outage_back_pressure_and_recovery(fake_firehose: FakeFirehose, tmp_path
             harness.wait_relay(relay, lambda: monitor.counted_udp_drops() > 0, 10, interval=0.2,
                                message="UDP drops counted in the metrics")
             status, reason = harness.health(metrics_port)
+            _, spooled, _ = Spool(spool).stats()
             assert relay.process is not None and relay.process.poll() is None, relay.log[-3000:]
             end_outage(fake_firehose, kind)
             first, drained = harness.await_recovery(relay, fake_firehose, spool, "the outage")
@@ -96,7 +99,13 @@ def test_outage_back_pressure_and_recovery(fake_firehose: FakeFirehose, tmp_path
         "every TCP message sent must be delivered: " + counts.summary() \
         + harness.relay_log_tail(relay)
     assert counts.udp_dropped > 0, "UDP datagrams dropped while the ring was full are counted"
-    assert status == 503 and "spool" in reason, (status, reason)
+    # docs/contract.md §6.5: 503 at or over the cap, where intake pauses; it resumes below 90 %
+    # of it, and /healthz answers 200 in between. The cap may be reached a little early (records
+    # written during the uploader's scan count twice until the next one), so a paused relay may
+    # hold just under the cap.
+    paused_under_cap = (status == 200 and "pausing intake" in relay.log
+                        and SPOOL_RESUME_FRACTION * SPOOL_MAX <= spooled < SPOOL_MAX)
+    assert (status == 503 and "spool" in reason) or paused_under_cap, (status, reason, spooled)
     assert not any(disorder.values()), f"not delivered oldest first: {disorder}"
     assert growth <= RING + MEMORY_ALLOWANCE, \
         f"the relay's PSS grew by {growth / MIB:.0f} MiB during the outage"
