@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import time
-from binascii import b2a_base64
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from kinesyslog import metrics
+from kinesyslog._fast.b64 import encode_into, encoded_length
 from kinesyslog.aws import error_code
 from kinesyslog.constants import (
     FIREHOSE_MAX_BATCH_BYTES,
@@ -189,14 +189,16 @@ class RequestBody:
     uploader's CPU. Base64 text never needs escaping, so the body is assembled from bytes. The
     sink streams each record's data from its spool file into the body, a chunk at a time: a
     call holds its body and one chunk, not the batch's data and its base64 besides (9 MB
-    more at the uploader's peak).
+    more at the uploader's peak). The chunk is read into one buffer and encoded in place
+    (kinesyslog/_fast/b64.pyx).
     """
 
     def __init__(self, head: bytes, entries: Sequence[tuple[int, bytes]]) -> None:
         """entries: (data size, what follows the data) of every entry that may be added."""
         capacity = len(head) + len(_BODY_END) + sum(
-            len(_NEXT_ENTRY) + 4 * ((size + 2) // 3) + len(end) for size, end in entries)
+            len(_NEXT_ENTRY) + encoded_length(size) + len(end) for size, end in entries)
         self._buffer = bytearray(capacity)
+        self._chunk = memoryview(bytearray(BASE64_CHUNK))
         self._at = 0
         self.count = 0
         self._write(head)
@@ -215,11 +217,12 @@ class RequestBody:
                 self._write(_NEXT_ENTRY if self.count else _FIRST_ENTRY)
                 left = size
                 while left:
-                    chunk = file.read(min(BASE64_CHUNK, left))  # whole, but at the end
-                    if not chunk:
+                    # Buffered: fills the chunk whole unless the file ends.
+                    read = file.readinto(self._chunk[:min(BASE64_CHUNK, left)])
+                    if not read:
                         raise InvalidRecordError("the file changed since it was checked")
-                    self._write(b2a_base64(chunk, newline=False))
-                    left -= len(chunk)
+                    self._at = encode_into(self._chunk[:read], self._buffer, self._at)
+                    left -= read
                 self._write(end)
         except BaseException:
             self._at = at
