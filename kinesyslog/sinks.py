@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
 import shutil
 import time
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -112,7 +113,7 @@ def check_gzip_record(path: Path, data: bytes) -> bytes:
         from isal import igzip
 
         try:
-            with igzip.GzipFile(fileobj=BytesIO(data)) as member:
+            with igzip.GzipFile(fileobj=io.BytesIO(data)) as member:
                 while member.read(1 << 20):
                     pass
         except (OSError, EOFError, ValueError) as error:
@@ -180,89 +181,179 @@ def put_records_entry_end(partition_key: str) -> bytes:
     return b'", "PartitionKey": ' + json.dumps(partition_key).encode() + b"}"
 
 
+class SpoolFileChangedError(OSError):
+    """A spool file in a request body no longer holds what it held when it was added."""
+
+
+@dataclass(frozen=True, slots=True)
+class _FileData:
+    """An entry's data: ``size`` bytes of an open spool file from ``offset`` on."""
+
+    fd: int
+    offset: int
+    size: int
+
+
 class RequestBody:
-    """The JSON body of PutRecordBatch or PutRecords, as botocore would serialize it, written
-    entry by entry into one buffer of the size the batch's records were loaded with.
+    """The JSON body of PutRecordBatch or PutRecords, as botocore would serialize it, read as
+    a stream that is made while it is read: nothing of the batch is held in memory.
 
     botocore base64-encodes each record into a str, then json.dumps the whole request, which
     scans every base64 character for escapes: for 4 MiB of records that was half of the
-    uploader's CPU. Base64 text never needs escaping, so the body is assembled from bytes. The
-    sink streams each record's data from its spool file into the body, a chunk at a time: a
-    call holds its body and one chunk, not the batch's data and its base64 besides (9 MB
-    more at the uploader's peak). The chunk is read into one buffer and encoded in place
-    (kinesyslog/_fast/b64.pyx).
+    uploader's CPU. Base64 text never needs escaping, so the body is assembled from bytes:
+    each record's data is read from its spool file and base64-encoded (kinesyslog/_fast/
+    b64.pyx) a chunk at a time, when botocore reads the body to sign it and again when
+    urllib3 reads it to send it. A call holds two chunks, not its 5.6 MB body.
+
+    Each spool file is opened when its entry is added and read through that descriptor, so
+    both reads see the same data; close() closes them. A file cut short in between makes
+    read() raise SpoolFileChangedError, which fails the call.
     """
 
-    def __init__(self, head: bytes, entries: Sequence[tuple[int, bytes]]) -> None:
-        """entries: (data size, what follows the data) of every entry that may be added."""
-        capacity = len(head) + len(_BODY_END) + sum(
-            len(_NEXT_ENTRY) + encoded_length(size) + len(end) for size, end in entries)
-        self._buffer = bytearray(capacity)
+    __slots__ = ("_chunk", "_finished", "_length", "_pieces", "_position", "_starts", "_text",
+                 "_text_view", "_window_data", "_window_end", "_window_start", "count")
+
+    def __init__(self, head: bytes) -> None:
+        self._pieces: list[bytes | _FileData] = [head]
+        self._starts = [0]  # where each piece starts in the body
+        self._length = len(head)
+        self._position = 0
         self._chunk = memoryview(bytearray(BASE64_CHUNK))
-        self._at = 0
+        self._text = bytearray(encoded_length(BASE64_CHUNK))
+        self._text_view = memoryview(self._text)
+        # The text of data[start:end] of one entry, encoded last: see _read_data().
+        self._window_data: _FileData | None = None
+        self._window_start = self._window_end = 0
+        self._finished = False
         self.count = 0
-        self._write(head)
 
     def add_file(self, path: Path, offset: int, size: int, end: bytes) -> None:
         """Adds an entry whose data is the last ``size`` bytes of a spool file, from
-        ``offset`` on, read and encoded a chunk at a time. OSError if the file cannot be read,
-        InvalidRecordError if it is no longer ``offset + size`` bytes long; nothing is added
-        then."""
-        at = self._at
+        ``offset`` on. OSError if the file cannot be opened, InvalidRecordError if it is no
+        longer ``offset + size`` bytes long; nothing is added then."""
+        if self._finished:
+            raise ValueError("the body is finished")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            with open(path, "rb") as file:
-                if os.fstat(file.fileno()).st_size != offset + size:
-                    raise InvalidRecordError("the file changed since it was checked")
-                file.seek(offset)
-                self._write(_NEXT_ENTRY if self.count else _FIRST_ENTRY)
-                left = size
-                while left:
-                    # Buffered: fills the chunk whole unless the file ends.
-                    read = file.readinto(self._chunk[:min(BASE64_CHUNK, left)])
-                    if not read:
-                        raise InvalidRecordError("the file changed since it was checked")
-                    self._at = encode_into(self._chunk[:read], self._buffer, self._at)
-                    left -= read
-                self._write(end)
+            if os.fstat(fd).st_size != offset + size:
+                raise InvalidRecordError("the file changed since it was checked")
         except BaseException:
-            self._at = at
+            os.close(fd)
             raise
+        self._add(_NEXT_ENTRY if self.count else _FIRST_ENTRY)
+        self._add(_FileData(fd, offset, size))
+        self._add(end)
         self.count += 1
 
-    def finish(self) -> bytearray:
-        """The body; entries that were not added leave no room behind."""
-        self._write(_BODY_END)
-        del self._buffer[self._at:]
-        return self._buffer
+    def finish(self) -> RequestBody:
+        """Ends the body; it can be read from now on."""
+        if not self._finished:
+            self._add(_BODY_END)
+            self._finished = True
+        return self
 
-    def _write(self, piece: bytes) -> None:
-        end = self._at + len(piece)
-        if end > len(self._buffer):
-            raise ValueError("an entry larger than announced")
-        self._buffer[self._at:end] = piece
-        self._at = end
+    def close(self) -> None:
+        """Closes the spool files; the body cannot be read any more."""
+        for piece in self._pieces:
+            if isinstance(piece, _FileData):
+                os.close(piece.fd)
+        self._pieces = []
+        self._starts = []
+
+    def _add(self, piece: bytes | _FileData) -> None:
+        self._pieces.append(piece)
+        self._starts.append(self._length)
+        self._length += (len(piece) if isinstance(piece, bytes)
+                         else encoded_length(piece.size))
+
+    # --- the file interface botocore (signing, retries) and urllib3 (sending) use ----------
+    def __len__(self) -> int:
+        return self._length
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        if base + position < 0:
+            raise ValueError("negative position")
+        self._position = base + position
+        return self._position
+
+    def read(self, size: int = -1) -> bytearray:
+        if not self._finished:
+            raise ValueError("the body is not finished")
+        left = self._length - self._position
+        if size < 0 or size > left:
+            size = max(left, 0)
+        out = bytearray(size)
+        view = memoryview(out)
+        filled = 0
+        while filled < size:
+            index = bisect_right(self._starts, self._position) - 1
+            piece = self._pieces[index]
+            inside = self._position - self._starts[index]
+            if isinstance(piece, bytes):
+                count = min(len(piece) - inside, size - filled)
+                view[filled:filled + count] = piece[inside:inside + count]
+            else:
+                count = self._read_data(piece, inside, view[filled:])
+            filled += count
+            self._position += count
+        return out
+
+    def _read_data(self, data: _FileData, inside: int, out: memoryview) -> int:
+        """Writes the base64 text of data from position ``inside`` on into out, as much as
+        the text window holds; how many bytes. The window is one chunk of data, encoded:
+        urllib3 reads 16 KiB at a time, a quarter of it."""
+        if self._window_data is not data or not (
+                self._window_start <= inside < self._window_end):
+            start = 3 * (inside // 4)  # every 3 bytes of data are 4 of text
+            count = min(BASE64_CHUNK, data.size - start)
+            chunk = self._chunk[:count]
+            got = 0
+            while got < count:
+                read = os.preadv(data.fd, [chunk[got:]], data.offset + start + got)
+                if not read:
+                    raise SpoolFileChangedError(errno.EIO, "a spool file was cut short while "
+                                                "its record was being sent")
+                got += read
+            self._window_data = data
+            self._window_start = 4 * (inside // 4)
+            self._window_end = self._window_start + encode_into(chunk, self._text, 0)
+        skip = inside - self._window_start
+        written = min(len(out), self._window_end - inside)
+        out[:written] = self._text_view[skip:skip + written]
+        return written
 
 
 def write_body(head: bytes, batch: Batch, ends: Sequence[bytes]) -> tuple[
-        bytearray | None, list[str | None]]:
-    """The request body of the batch's records, each read again from its spool file and
-    followed by its entry of ``ends`` (None if none could be added); and per record None if
-    added, else why not (an errno name, or InvalidRecord): such a record is left out of the
-    call and retried, when the uploader loads it again (and moves it to corrupt/ or forgets
-    it)."""
-    body = RequestBody(head, [(record.data_size, end) for record, end in zip(batch, ends)])
+        RequestBody | None, list[str | None]]:
+    """The request body of the batch's records, each opened again from its spool file and
+    followed by its entry of ``ends`` (None if none could be added; the caller closes it);
+    and per record None if added, else why not (an errno name, or InvalidRecord): such a
+    record is left out of the call and retried, when the uploader loads it again (and moves
+    it to corrupt/ or forgets it)."""
+    body = RequestBody(head)
     left_out: list[str | None] = []
-    for record, end in zip(batch, ends):
-        try:
-            body.add_file(record.path, record.data_offset, record.data_size, end)
-        except OSError as error:
-            left_out.append(errno.errorcode.get(error.errno or 0, type(error).__name__))
-            continue
-        except InvalidRecordError:
-            left_out.append("InvalidRecord")
-            continue
-        left_out.append(None)
-    return (body.finish() if body.count else None), left_out
+    try:
+        for record, end in zip(batch, ends):
+            try:
+                body.add_file(record.path, record.data_offset, record.data_size, end)
+            except OSError as error:
+                left_out.append(errno.errorcode.get(error.errno or 0, type(error).__name__))
+                continue
+            except InvalidRecordError:
+                left_out.append("InvalidRecord")
+                continue
+            left_out.append(None)
+    except BaseException:
+        body.close()
+        raise
+    if not body.count:
+        body.close()
+        return None, left_out
+    return body.finish(), left_out
 
 
 NOTHING_READ = "no record of the batch could be read again from the spool"
@@ -279,7 +370,7 @@ class PrebuiltBody:
     signing it puts it in place of the one serialized from placeholder records."""
 
     def __init__(self, client: Any, event: str) -> None:
-        self.body: bytearray | None = None
+        self.body: RequestBody | None = None
         client.meta.events.register(event, self._put)
 
     def _put(self, params: dict[str, Any], **_: Any) -> None:
@@ -322,6 +413,7 @@ class FirehoseSink:
             return merge_results(left_out, [error_code(error)] * sent)
         finally:
             self._body.body = None
+            body.close()
         entries = response.get("RequestResponses") or []
         results: list[str | None] = []
         for index in range(sent):
@@ -383,6 +475,7 @@ class KinesisSink:
             return merge_results(left_out, [error_code(error)] * len(sent))
         finally:
             self._body.body = None
+            body.close()
         entries = response.get("Records") or []
         results: list[str | None] = []
         shard_records: Counter[str] = Counter()

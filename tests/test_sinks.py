@@ -4,7 +4,10 @@ makes of every kind of spool file (kinesyslog/sinks.py)."""
 from __future__ import annotations
 
 import base64
+import functools
+import io
 import json
+import os
 import random
 import tempfile
 from collections.abc import Iterator
@@ -33,22 +36,30 @@ from kinesyslog.sinks import (
 from tests.fake_firehose import FakeFirehose
 
 
-def body_of(head: bytes, entries: list[tuple[bytes, bytes]]) -> bytearray:
-    """The body RequestBody writes of (data, what follows it) pairs, each data in a file."""
-    body = RequestBody(head, [(len(data), end) for data, end in entries])
+def read_all(body: RequestBody) -> bytes:
+    """The whole body, read as botocore reads it to sign it; then closed."""
+    try:
+        return bytes(body.finish().read())
+    finally:
+        body.close()
+
+
+def body_of(head: bytes, entries: list[tuple[bytes, bytes]]) -> bytes:
+    """The body RequestBody makes of (data, what follows it) pairs, each data in a file."""
+    body = RequestBody(head)
     with tempfile.TemporaryDirectory() as directory:
         for index, (data, end) in enumerate(entries):
             path = Path(directory, f"record-{index}")
             path.write_bytes(data)
             body.add_file(path, 0, len(data), end)
-    return body.finish()
+    return read_all(body)
 
 
-def put_record_batch_body(stream: str, records: list[bytes]) -> bytearray:
+def put_record_batch_body(stream: str, records: list[bytes]) -> bytes:
     return body_of(put_record_batch_head(stream), [(data, b'"}') for data in records])
 
 
-def put_records_body(stream: str, records: list[tuple[bytes, str]]) -> bytearray:
+def put_records_body(stream: str, records: list[tuple[bytes, str]]) -> bytes:
     return body_of(put_records_head(stream),
                    [(data, put_records_entry_end(key)) for data, key in records])
 
@@ -235,22 +246,90 @@ def test_records_are_encoded_a_chunk_at_a_time(tmp_path: Path) -> None:
             (3 * BASE64_CHUNK, 3 * BASE64_CHUNK + 1, 2 * BASE64_CHUNK + 2, 1, 2, 3)]
     paths = spool_files(tmp_path, [b"KDS1\x00\x01k" + d for d in data], ".kds")
     end = put_records_entry_end("k")
-    body = RequestBody(put_records_head("s"), [(len(d), end) for d in data])
+    body = RequestBody(put_records_head("s"))
     for path, d in zip(paths, data):
         body.add_file(path, 7, len(d), end)
     entries = b", ".join(b'{"Data": "' + base64.b64encode(d) + b'", "PartitionKey": "k"}'
                          for d in data)
-    assert body.finish() == b'{"StreamName": "s", "Records": [' + entries + b"]}"
+    assert read_all(body) == b'{"StreamName": "s", "Records": [' + entries + b"]}"
 
 
 def test_a_file_that_changed_adds_nothing(tmp_path: Path) -> None:
     data = random.Random(1).randbytes(2 * BASE64_CHUNK)
     [path] = spool_files(tmp_path, [data], ".gz")
-    body = RequestBody(put_record_batch_head("s"), [(len(data), b'"}')] * 2)
+    body = RequestBody(put_record_batch_head("s"))
     with pytest.raises(InvalidRecordError, match="changed"):
         body.add_file(path, 0, len(data) - 1, b'"}')
     with pytest.raises(FileNotFoundError):
         body.add_file(tmp_path / "gone", 0, 3, b'"}')
     body.add_file(path, 0, len(data), b'"}')
-    assert body.finish() == (b'{"DeliveryStreamName": "s", "Records": [{"Data": "'
-                             + base64.b64encode(data) + b'"}]}')
+    assert read_all(body) == (b'{"DeliveryStreamName": "s", "Records": [{"Data": "'
+                              + base64.b64encode(data) + b'"}]}')
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_the_body_reads_the_same_in_pieces_of_any_size_and_after_seeking(
+        tmp_path: Path) -> None:
+    """botocore reads the body whole to sign it, seeks back, and urllib3 reads it again in
+    blocks; a retry seeks to 0."""
+    data = [random.Random(size).randbytes(size) for size in (BASE64_CHUNK + 5, 0, 1, 2, 7)]
+    paths = spool_files(tmp_path, data, ".gz")
+    body = RequestBody(put_record_batch_head("s"))
+    for path, d in zip(paths, data):
+        body.add_file(path, 0, len(d), b'"}')
+    body.finish()
+    whole = bytes(body.read())
+    assert whole == put_record_batch_body("s", data)
+    assert len(body) == len(whole) and body.tell() == len(whole)
+    assert body.read() == b"" and body.read(10) == b""
+    for size in (1, 2, 3, 4, 5, 7, 64, 4095, 16384, 1 << 20):
+        assert body.seek(0) == 0
+        pieces = list(iter(functools.partial(body.read, size), b""))  # as botocore reads it
+        assert b"".join(pieces) == whole, size
+        assert all(len(piece) == size for piece in pieces[:-1])
+    assert body.seek(-10, io.SEEK_END) == len(whole) - 10
+    assert body.read() == whole[-10:]
+    body.seek(100)
+    assert body.seek(5, io.SEEK_CUR) == 105
+    assert body.read(1000) == whole[105:1105]
+    with pytest.raises(ValueError):
+        body.seek(-1)
+    body.close()
+
+
+def test_the_body_holds_its_files_open_until_closed(tmp_path: Path) -> None:
+    data = random.Random(2).randbytes(1000)
+    [path] = spool_files(tmp_path, [data], ".gz")
+    before = open_descriptors()
+    body = RequestBody(put_record_batch_head("s"))
+    body.add_file(path, 0, len(data), b'"}')
+    path.unlink()  # the entry reads what was added
+    assert open_descriptors() == before + 1
+    assert bytes(body.finish().read()) == put_record_batch_body("s", [data])
+    body.close()
+    assert open_descriptors() == before
+
+
+def test_a_file_cut_short_while_the_call_is_made_fails_the_call(fake: FakeFirehose,
+                                                                tmp_path: Path) -> None:
+    records = gzip_records(2)
+    paths = spool_files(tmp_path, records, ".gz")
+    firehose = client_of(fake, "firehose")
+    sink = FirehoseSink(firehose, "test-stream")
+    batch = [sink.load(path) for path in paths]
+    before = open_descriptors()
+
+    def cut_short(**_: Any) -> None:  # after the body was made, before it is read
+        os.truncate(paths[1], 10)
+
+    firehose.meta.events.register("before-sign.firehose.PutRecordBatch", cut_short)
+    assert sink.send(batch) == ["SpoolFileChangedError"] * 2
+    assert "cut short" in sink.last_error
+    assert fake.data() == []
+    assert open_descriptors() == before
+    firehose.meta.events.unregister("before-sign.firehose.PutRecordBatch", cut_short)
+    assert sink.send(batch[:1]) == [None]  # the next call is not disturbed
+    assert fake.data() == [records[0]]
