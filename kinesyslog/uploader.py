@@ -20,6 +20,7 @@ import gc
 import logging
 import os
 import random
+import resource
 import select
 import signal
 import time
@@ -66,6 +67,9 @@ from kinesyslog.spool import Spool
 log = logging.getLogger("kinesyslog.uploader")
 SPOOL_GAUGE_INTERVAL = 1.0  # how old the spool size the other processes read may be
 FAILURE_LOG_INTERVAL = 30.0  # one warning per kind of failure at most this often
+# Descriptors kept free besides a batch's spool files, which stay open while its call is
+# made (sinks.RequestBody): the spool directory, sockets, logs, pipes, metrics files.
+RESERVED_DESCRIPTORS = 64
 
 
 
@@ -86,6 +90,15 @@ class UploaderSettings:
 
 
 # --- The upload loop -----------------------------------------------------------------------
+
+def batch_record_limit(sink_limit: int) -> int:
+    """Records per call: the sink's limit, or fewer where RLIMIT_NOFILE would not leave
+    RESERVED_DESCRIPTORS free with every spool file of a batch open."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return sink_limit
+    return max(1, min(sink_limit, soft - RESERVED_DESCRIPTORS))
+
 
 class Uploader:
     """Sends spooled records oldest first; ``step`` does one batch and never sleeps."""
@@ -111,6 +124,7 @@ class Uploader:
         self._not_before = 0.0
         self._last_logged: dict[str, float] = {}
         self.destination = sink.destination
+        self.max_batch_records = batch_record_limit(sink.max_batch_records)
         # Zero samples, so that alerts on these counters see 0 rather than no data.
         for counter in (metrics.BATCH_RECORD_FAILED, metrics.RECORDS_DELIVERED,
                         metrics.RECORDS_QUARANTINED):
@@ -124,7 +138,7 @@ class Uploader:
         if not self._retry and not self._queue:
             self._forget_stuck(now)
             self._queue.extend(p for p in self.spool.pending() if p not in self._stuck)
-        batch = self._take_batch(1 if self._probing else self.sink.max_batch_records)
+        batch = self._take_batch(1 if self._probing else self.max_batch_records)
         if not batch:
             return UPLOADER_RESCAN_INTERVAL
         started = time.monotonic()

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import resource
 import select
 import signal
 import subprocess
@@ -46,7 +47,7 @@ from kinesyslog.constants import (
 from kinesyslog.records import build_records, joined
 from kinesyslog.sinks import DirectorySink, FirehoseSink
 from kinesyslog.spool import Spool
-from kinesyslog.uploader import Uploader, UploaderSettings, uploader_main
+from kinesyslog.uploader import RESERVED_DESCRIPTORS, Uploader, UploaderSettings, uploader_main
 from tests.conftest import MotoServer
 from tests.fake_firehose import (
     ACCESS_DENIED,
@@ -161,6 +162,27 @@ def test_600_records_take_two_calls(fake_firehose: FakeFirehose, tmp_path: Path)
     drain(make_uploader(fake_firehose, spool, clock), clock)
     assert batch_sizes(fake_firehose) == [500, 100]
     assert fake_firehose.data() == records
+
+
+def test_batches_leave_descriptors_free_under_a_low_open_file_limit(
+        fake_firehose: FakeFirehose, tmp_path: Path) -> None:
+    """A batch's spool files stay open while its call is made: under a soft RLIMIT_NOFILE of
+    300, calls carry 300 - RESERVED_DESCRIPTORS records, and every record arrives."""
+    spool = Spool(tmp_path)
+    records = [gzip_record(i) for i in range(600)]
+    put_files(spool, records)
+    clock = FakeClock()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (300, hard))
+    try:
+        uploader = make_uploader(fake_firehose, spool, clock)
+        assert uploader.max_batch_records == 300 - RESERVED_DESCRIPTORS
+        drain(uploader, clock)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert batch_sizes(fake_firehose) == [236, 236, 128]
+    assert fake_firehose.data() == records
+    assert uploader.failed_attempts == 0
 
 
 def test_big_records_respect_the_4_mib_batch_limit(fake_firehose: FakeFirehose,
