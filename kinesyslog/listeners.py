@@ -417,7 +417,7 @@ class StreamConnection:
     __slots__ = ("__weakref__", "closed", "closing", "counted_source", "holds_handshake_slot",
                  "last_active", "listener", "negotiation_timer", "outgoing", "partial_bytes",
                  "pending", "pending_index", "pending_ms", "session", "sock", "stats",
-                 "transport", "truncated_seen")
+                 "transport", "truncated_seen", "written_bytes_seen", "written_seen")
 
     def __init__(self, listener: Listener, sock: socket.socket, source: bytes, port: int,
                  transport: str, expect_proxy: bool) -> None:
@@ -441,6 +441,7 @@ class StreamConnection:
         self.counted_source: bytes | None = None  # the address counted per source, if any
         self.last_active = now
         self.truncated_seen = 0
+        self.written_seen = self.written_bytes_seen = 0  # by the session, into the ring
         self.partial_bytes = 0  # the session's unfinished message, as last counted
         self.outgoing = b""  # TLS bytes the socket did not take yet
         self.holds_handshake_slot = False
@@ -490,7 +491,10 @@ class StreamConnection:
 
     def receive(self, data: memoryview) -> None:
         session = self.session
-        messages = session.receive(data)
+        if not session.writes_into_ring and not session.negotiating:
+            session.write_into(self.listener.ring, self.listener.kind)
+        receive_ms = int(time.time() * 1000)
+        messages = session.receive(data, receive_ms)
         if session.source_admitted and self.counted_source is None:
             self.counted_source = session.source  # released when the connection closes
         self._send(session.take_outgoing())
@@ -503,7 +507,7 @@ class StreamConnection:
         if reason is not None and reason is not CloseReason.TLS_ERROR:
             self._reject(reason, session.close_detail)
             return
-        self.deliver(messages)
+        self.deliver(messages, receive_ms)
         if reason is CloseReason.TLS_ERROR:
             self.listener.count_rejected(reason)
             self.listener.problems.warning("TLS error", f"{self.peer}: {session.close_detail}")
@@ -559,19 +563,29 @@ class StreamConnection:
         self.close()
 
     # --- delivery with back-pressure -----------------------------------------------------
-    def deliver(self, messages: list[bytes]) -> None:
+    def deliver(self, messages: list[bytes], receive_ms: int | None = None) -> None:
+        """Counts what the session wrote into the ring itself, and writes messages (those it
+        had no room for, or all of them before the session writes into the ring), holding
+        back what does not fit."""
         session = self.session
         truncated = session.truncated
         if truncated != self.truncated_seen:
             self.stats.truncated += truncated - self.truncated_seen
             self.truncated_seen = truncated
+        written = session.written
+        if written != self.written_seen:
+            written_bytes = session.written_bytes
+            self.stats.messages += written - self.written_seen
+            self.stats.message_bytes += written_bytes - self.written_bytes_seen
+            self.written_seen, self.written_bytes_seen = written, written_bytes
         partial = session.partial_bytes
         if partial != self.partial_bytes:
             delta, self.partial_bytes = partial - self.partial_bytes, partial
             self.listener.limits.partial_changed(delta)
         if not messages:
             return
-        receive_ms = int(time.time() * 1000)
+        if receive_ms is None:
+            receive_ms = int(time.time() * 1000)
         written = self.listener.ring.write_batch(messages, 0, self.source, self.port,
                                                  self.listener.kind, receive_ms)
         self._count(written)

@@ -13,12 +13,15 @@ import contextlib
 import enum
 import ssl
 from collections.abc import Callable
-from typing import Union, cast
+from typing import TYPE_CHECKING, Union, cast
 
 from kinesyslog import constants
 from kinesyslog._fast.framing import GelfStreamFramer, StreamFramer
 from kinesyslog._fast.proxy import ProxyError
 from kinesyslog._fast.proxy import decode as decode_proxy_header
+
+if TYPE_CHECKING:
+    from kinesyslog._fast.ring import Ring
 
 
 class CloseReason(enum.Enum):
@@ -80,8 +83,10 @@ class StreamSession:
         return self.close_reason is None and not self.ended
 
     # --- input -----------------------------------------------------------------------------
-    def receive(self, data: memoryview | bytes) -> list[bytes]:
-        """The complete messages in data, with what came before."""
+    def receive(self, data: memoryview | bytes, receive_ms: int = 0) -> list[bytes]:
+        """The complete messages in data, with what came before. With a framer attached to
+        the ring (Framer.attach), those it wrote there (stamped receive_ms) are not returned:
+        only the ones the ring had no room for."""
         if not self.open:
             return []
         if self._proxy_bytes is not None:
@@ -90,7 +95,21 @@ class StreamSession:
                 return []
             data = remainder
         if self._tls_context is not None:
-            return self._receive_tls(data)
+            return self._receive_tls(data, receive_ms)
+        return self._frame(data, receive_ms, True)
+
+    def write_into(self, ring: Ring, kind: int) -> None:
+        """From now on receive() writes complete messages into ring, from the session's
+        source and port: call it once negotiation is over (a PROXY header sets them)."""
+        self.framer.attach(ring, self.source, self.port, kind)
+
+    @property
+    def writes_into_ring(self) -> bool:
+        return self.framer.attached
+
+    def _frame(self, data: memoryview | bytes, receive_ms: int, to_ring: bool) -> list[bytes]:
+        if to_ring and self.framer.attached:
+            return self.framer.feed_into(data, receive_ms)
         return self.framer.feed(data)
 
     def expire(self, now: float) -> bool:
@@ -123,6 +142,15 @@ class StreamSession:
     @property
     def incomplete_dropped(self) -> int:
         return self.framer.incomplete_dropped
+
+    @property
+    def written(self) -> int:
+        """Messages the framer wrote into the ring."""
+        return self.framer.written
+
+    @property
+    def written_bytes(self) -> int:
+        return self.framer.written_bytes
 
     @property
     def partial_bytes(self) -> int:
@@ -158,7 +186,7 @@ class StreamSession:
         return memoryview(buffered)[used:]
 
     # --- TLS -------------------------------------------------------------------------------
-    def _receive_tls(self, data: memoryview | bytes) -> list[bytes]:
+    def _receive_tls(self, data: memoryview | bytes, receive_ms: int) -> list[bytes]:
         tls = self._tls
         if tls is None:
             assert self._tls_context is not None
@@ -192,7 +220,8 @@ class StreamSession:
             if not size:
                 self.ended = True
                 break
-            messages.extend(self.framer.feed(view[:size]))
+            # Once the ring had no room, what follows waits behind what did not fit.
+            messages.extend(self._frame(view[:size], receive_ms, not messages))
         if not self.open:  # answer the peer's close_notify (or send ours), as RFC 5425 asks
             with contextlib.suppress(ssl.SSLError, OSError):
                 tls.unwrap()

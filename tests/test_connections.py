@@ -8,6 +8,7 @@ import gc
 import os
 import socket
 import ssl
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -309,3 +310,35 @@ def test_half_open_tls_handshakes_wait_for_a_slot_unread(
     client.sendall(b"<13>1 - h app - - - after the wait\n")
     harness.run_until(lambda: harness.messages() == [b"<13>1 - h app - - - after the wait"])
     assert harness.listener.limits.handshakes == 1  # the other silent one
+
+
+def test_a_connection_held_back_by_a_full_ring_loses_nothing_and_keeps_the_order(
+        make: object) -> None:
+    """The framer writes into the ring until it is full; the rest waits, the socket unread,
+    until the worker (here: a reader of the same file) makes room. 24 MiB through a 16 MiB
+    ring: every message once, in order, counted once."""
+    harness = make(tcp_ports=(free_port(),))  # type: ignore[operator]
+    messages = [b"<13>%06d " % index + b"m" * 990 for index in range(24_000)]
+    client = harness.connect()
+    sender = threading.Thread(target=client.sendall,
+                              args=(b"".join(message + b"\n" for message in messages),))
+    sender.start()
+    reader = Ring(harness.ring.path, 0)
+    received: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 60
+        held_back = False
+        while len(received) < len(messages) and time.monotonic() < deadline:
+            harness.loop.run_until(lambda: False, time.monotonic() + 0.01)
+            held_back = held_back or bool(harness.listener.paused)
+            if held_back or not sender.is_alive():
+                batch = reader.read_batch(4096)
+                received += [entry[4] for entry in batch]
+                reader.commit()
+    finally:
+        reader.close()
+        sender.join(WAIT)
+    assert held_back
+    assert received == messages
+    port = harness.counters.port("tcp", harness.port("tcp"))
+    assert (port.messages, port.message_bytes) == (len(messages), sum(map(len, messages)))

@@ -12,6 +12,7 @@ import pytest
 
 from kinesyslog import constants
 from kinesyslog._fast.framing import GelfStreamFramer, StreamFramer
+from kinesyslog._fast.ring import Ring
 from kinesyslog.session import CloseReason, StreamSession
 from kinesyslog.tls import make_server_context
 from tests.certs import issue, make_ca
@@ -201,3 +202,31 @@ def test_proxy_header_before_tls(tls_files: tuple[Path, ssl.SSLContext]) -> None
     client.tls.write(b"<13>via NLB\n")
     assert server.receive(client.outgoing.read()) == [b"<13>via NLB"]
     assert (server.source, server.port) == (b"192.0.2.9", 6514)
+
+
+def test_tls_into_the_ring_keeps_the_order_when_the_ring_fills(
+        tls_files: tuple[Path, ssl.SSLContext], tmp_path: Path) -> None:
+    """One receive() decrypts many TLS records, each framed on its own: once the ring had no
+    room for a message, every later one is returned too, in order, even one that would fit."""
+    ca, context = tls_files
+    server = StreamSession(StreamFramer(300_000), PEER, 6514, 100.0, tls_context=context,
+                           expect_proxy=True)
+    header = pack_v1("TCP4", "192.0.2.9", "192.0.2.1", 1, 6514)
+    client = Client(ca)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.tls.do_handshake()
+    assert server.receive(header + client.outgoing.read()) == []
+    client.incoming.write(server.take_outgoing())
+    client.handshake_with(server)
+    ring = Ring(str(tmp_path / "ring"), 1 << 20)
+    server.write_into(ring, constants.KIND_SYSLOG)  # after negotiation: the header's source
+    big = [b"<13>%d " % index + b"b" * 249_990 for index in range(5)]
+    small = [b"<13>small %d" % index for index in range(3)]
+    for message in [*big, *small]:
+        client.tls.write(message + b"\n")  # 16 KiB TLS records
+    returned = server.receive(client.outgoing.read(), 1234)
+    entries = ring.read_batch(100)
+    assert [entry[4] for entry in entries] == big[:4]
+    assert returned == [big[4], *small]
+    assert {(entry[2], entry[1], entry[3]) for entry in entries} == {(b"192.0.2.9", 6514, 1234)}
+    assert (server.written, server.written_bytes) == (4, sum(map(len, big[:4])))

@@ -33,13 +33,19 @@ A message longer than max_message_size is delivered cut to max_message_size byte
 that is known, counted in `truncated`, and the rest of its frame is skipped. At most
 max_message_size + 16 bytes are ever held between two feeds, in a buffer that grows only as
 far as needed (kinesyslog/_fast/partial.pxd).
+
+A framer attached to the ring (`attach()`) writes the messages of `feed_into()` straight from
+the data into ring entries, as Ring.write_batch would, with no bytes object per message; the
+messages the ring has no room for come back as a list, in order, for the caller to hold back.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memchr, memcpy
 
 from kinesyslog._fast.partial cimport PartialBuffer, partial_release, partial_reserve
+from kinesyslog._fast.ring cimport Ring
 
 cdef enum:
     MAX_LEN_DIGITS = 9
@@ -58,7 +64,8 @@ cdef enum State:
 
 cdef class _Framer:
     """What the syslog and GELF stream framers share: the size limit, the buffer of the
-    unfinished message (blen bytes of it) and the counters. Subclasses implement _feed()
+    unfinished message (blen bytes of it), the counters, and the delivery of each complete
+    message (_emit: to the ring, or to the list a feed returns). Subclasses implement _feed()
     and close()."""
 
     cdef Py_ssize_t max_size
@@ -66,6 +73,18 @@ cdef class _Framer:
     cdef Py_ssize_t blen
     cdef readonly long long truncated
     cdef readonly long long incomplete_dropped
+    # Messages written into the ring by feed_into(), and their bytes.
+    cdef readonly long long written
+    cdef readonly long long written_bytes
+    cdef Ring _ring  # attach(): where feed_into() writes, with what source, port and kind
+    cdef bytes _source
+    cdef uint16_t _port
+    cdef uint8_t _kind
+    # During a feed: the messages to return, whether the ring may still take messages (it
+    # may not once one did not fit: order), and the receive time of feed_into().
+    cdef list _out
+    cdef bint _direct
+    cdef int64_t _receive_ms
 
     def __cinit__(self, Py_ssize_t max_message_size):
         if max_message_size < 1:
@@ -82,22 +101,81 @@ cdef class _Framer:
     def buffered(self) -> int:
         return self.blen
 
+    @property
+    def attached(self) -> bool:
+        return self._ring is not None
+
+    def attach(self, Ring ring not None, bytes source not None, int port, int kind) -> None:
+        """Makes feed_into() write messages into ring, as ring.write_batch(messages, 0,
+        source, port, kind, receive_ms) would."""
+        if PyBytes_GET_SIZE(source) > 255:
+            raise ValueError(f"source is {PyBytes_GET_SIZE(source)} bytes, at most 255 allowed")
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port {port} out of range 0..65535")
+        if not 0 <= kind <= 0xFF:
+            raise ValueError(f"kind {kind} out of range 0..255")
+        self._ring = ring
+        self._source = source
+        self._port = <uint16_t>port
+        self._kind = <uint8_t>kind
+
     def feed(self, data) -> list:
         """The complete messages in data, with what came before."""
+        return self._run(data, False)
+
+    def feed_into(self, data, long long receive_ms) -> list:
+        """Writes the complete messages in data, with what came before, into the attached
+        ring and publishes them; returns those it had no room for, from the first that did
+        not fit on (the caller writes them, in order, before anything later)."""
+        if self._ring is None:
+            raise ValueError("feed_into() before attach()")
+        self._ring._check_open()
+        self._receive_ms = receive_ms
+        try:
+            return self._run(data, True)
+        finally:
+            self._ring.publish()
+
+    cdef list _run(self, data, bint direct):
         cdef Py_buffer view
         cdef list out = []
+        self._out = out
+        self._direct = direct
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            self._feed(<const unsigned char*>view.buf, view.len, out)
+            self._feed(<const unsigned char*>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
+            self._out = None
+            self._direct = False
         return out
 
-    cdef int _feed(self, const unsigned char* p, Py_ssize_t n, list out) except -1:
+    cdef int _feed(self, const unsigned char* p, Py_ssize_t n) except -1:
         raise NotImplementedError
 
+    cdef int _emit(self, const unsigned char* p, Py_ssize_t length) except -1:
+        """Delivers the message made of the buffer's blen bytes followed by p, cut to length
+        bytes: into the ring while it has room during feed_into(), else to the feed's list."""
+        cdef object message = None
+        cdef const char* start = <const char*>p
+        cdef int appended
+        if self._direct:
+            if self.blen != 0:
+                message = self._message(p, length)
+                start = PyBytes_AS_STRING(message)
+            appended = self._ring.append_entry(
+                PyBytes_AS_STRING(self._source), <uint8_t>PyBytes_GET_SIZE(self._source),
+                start, <uint32_t>length, self._receive_ms, self._port, self._kind)
+            if appended == 1:
+                self.written += 1
+                self.written_bytes += length
+                return 0
+            self._direct = False  # full (or never fits: write_batch says so to the caller)
+        self._out.append(message if message is not None else self._message(p, length))
+        return 0
+
     cdef inline object _message(self, const unsigned char* p, Py_ssize_t length):
-        """The message made of the buffer's blen bytes followed by p, cut to length bytes."""
+        """The message made of the buffer's blen bytes followed by p, cut to length."""
         cdef Py_ssize_t head
         cdef object message
         cdef char* dest
@@ -156,7 +234,7 @@ cdef class StreamFramer(_Framer):
             self.next_nul = (<const unsigned char*>hit - p) if hit != NULL else n
         return self.next_lf if self.next_lf < self.next_nul else self.next_nul
 
-    cdef int _feed(self, const unsigned char* p, Py_ssize_t n, list out) except -1:
+    cdef int _feed(self, const unsigned char* p, Py_ssize_t n) except -1:
         cdef Py_ssize_t i = 0, j, t, avail, total, take
         cdef Py_ssize_t max_size = self.max_size
         cdef long long length
@@ -215,10 +293,10 @@ cdef class StreamFramer(_Framer):
                     if p[t] == LF and last == CR:
                         total -= 1
                     if total > max_size:
-                        out.append(self._message(p + i, max_size))
+                        self._emit(p + i, max_size)
                         self.truncated += 1
                     elif total > 0:
-                        out.append(self._message(p + i, total))
+                        self._emit(p + i, total)
                     self.blen = 0
                     self.state = FRAME_START
                     i = t + 1
@@ -229,7 +307,7 @@ cdef class StreamFramer(_Framer):
                     self.blen = total
                     i = n
                 else:
-                    out.append(self._message(p + i, max_size))
+                    self._emit(p + i, max_size)
                     self.truncated += 1
                     self.blen = 0
                     self.state = NT_SKIP
@@ -250,7 +328,7 @@ cdef class StreamFramer(_Framer):
                     else:
                         self.truncated += 1
                     if length > 0:
-                        out.append(self._message(p + i, length))
+                        self._emit(p + i, length)
                     self.blen = 0
                     self.need -= take
                     i += take
@@ -404,7 +482,7 @@ cdef class GelfStreamFramer(_Framer):
         self.escape = escape
         return i
 
-    cdef int _feed(self, const unsigned char* p, Py_ssize_t n, list out) except -1:
+    cdef int _feed(self, const unsigned char* p, Py_ssize_t n) except -1:
         cdef Py_ssize_t i = 0, t, avail, total
         cdef Py_ssize_t max_size = self.max_size
         cdef unsigned char last
@@ -425,17 +503,17 @@ cdef class GelfStreamFramer(_Framer):
                         if last == CR:
                             total -= 1
                     if total > max_size:
-                        out.append(self._message(p + i, max_size))
+                        self._emit(p + i, max_size)
                         self.truncated += 1
                     else:
-                        out.append(self._message(p + i, total))
+                        self._emit(p + i, total)
                 elif total <= max_size + 1:
                     # One byte over may be the CR of a CRLF, removed at the LF.
                     partial_reserve(&self.partial, total, max_size + 1)
                     memcpy(self.partial.data + self.blen, p + i, avail)
                     self.blen = total
                 else:
-                    out.append(self._message(p + i, max_size))
+                    self._emit(p + i, max_size)
                     self.truncated += 1
                     self.blen = 0
                     self.skipping = True
