@@ -189,16 +189,22 @@ def test_tls_errors_after_the_handshake_keep_what_was_framed(
     assert server.close_detail.startswith("TLS error: ")
 
 
-def test_proxy_header_before_tls(tls_files: tuple[Path, ssl.SSLContext]) -> None:
-    ca, context = tls_files
-    server = session(tls_context=context, expect_proxy=True)
-    header = pack_v2("PROXY", "TCP4", "192.0.2.9", "192.0.2.1", 1, 6514)
+def behind_a_balancer(server: StreamSession, header: bytes, ca: Path) -> Client:
+    """A TLS client whose ClientHello follows a PROXY header in one segment, handshaken."""
     client = Client(ca)
     with pytest.raises(ssl.SSLWantReadError):
         client.tls.do_handshake()
     assert server.receive(header + client.outgoing.read()) == []
     client.incoming.write(server.take_outgoing())
     client.handshake_with(server)
+    return client
+
+
+def test_proxy_header_before_tls(tls_files: tuple[Path, ssl.SSLContext]) -> None:
+    ca, context = tls_files
+    server = session(tls_context=context, expect_proxy=True)
+    client = behind_a_balancer(
+        server, pack_v2("PROXY", "TCP4", "192.0.2.9", "192.0.2.1", 1, 6514), ca)
     client.tls.write(b"<13>via NLB\n")
     assert server.receive(client.outgoing.read()) == [b"<13>via NLB"]
     assert (server.source, server.port) == (b"192.0.2.9", 6514)
@@ -211,13 +217,7 @@ def test_tls_into_the_ring_keeps_the_order_when_the_ring_fills(
     ca, context = tls_files
     server = StreamSession(StreamFramer(300_000), PEER, 6514, 100.0, tls_context=context,
                            expect_proxy=True)
-    header = pack_v1("TCP4", "192.0.2.9", "192.0.2.1", 1, 6514)
-    client = Client(ca)
-    with pytest.raises(ssl.SSLWantReadError):
-        client.tls.do_handshake()
-    assert server.receive(header + client.outgoing.read()) == []
-    client.incoming.write(server.take_outgoing())
-    client.handshake_with(server)
+    client = behind_a_balancer(server, pack_v1("TCP4", "192.0.2.9", "192.0.2.1", 1, 6514), ca)
     ring = Ring(str(tmp_path / "ring"), 1 << 20)
     server.write_into(ring, constants.KIND_SYSLOG)  # after negotiation: the header's source
     big = [b"<13>%d " % index + b"b" * 249_990 for index in range(5)]
