@@ -175,7 +175,7 @@ class Listener:
         self.connections: set[StreamConnection] = set()
         self.paused: set[StreamConnection] = set()
         # Every read lands in these, so that no read allocates a large object (see
-        # relay.limit_heap_retention).
+        # supervisor.LARGE_ALLOCATION).
         self.recv_buffer = bytearray(constants.TCP_RECV_SIZE)
         self.recv_view = memoryview(self.recv_buffer)
         self.datagram_buffer = bytearray(constants.UDP_RECV_SIZE)

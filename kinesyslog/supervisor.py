@@ -8,7 +8,6 @@ spool until --shutdown-timeout.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
@@ -17,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from kinesyslog import constants, metrics
+from kinesyslog import constants, heap, metrics
 from kinesyslog._fast.ring import Ring
 from kinesyslog.config import Config
 from kinesyslog.eventloop import EventLoop
@@ -34,7 +33,9 @@ METRICS_INTERVAL = 1.0
 STATUS_INTERVAL = 10.0
 GELF_EXPIRY_INTERVAL = 0.5
 PROBLEM_LOG_INTERVAL = 10.0
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+# The listener's allocations this large get their own memory maps (heap.py): a burst of
+# long messages or of TLS connections would otherwise leave its heap hundreds of MB larger
+# for good. Its reads go into preallocated buffers, so its hot paths make none that large.
 LARGE_ALLOCATION = 32 * 1024
 HEAP_TRIM_INTERVAL = 10.0
 
@@ -47,26 +48,6 @@ def set_title(title: str) -> None:
     setproctitle.setproctitle(title)
 
 
-def limit_heap_retention() -> Callable[[], None] | None:
-    """Makes glibc serve allocations of LARGE_ALLOCATION bytes or more with their own memory
-    maps, returned to the system when freed; returns a function that gives the free memory
-    between live heap chunks back too (malloc_trim), or None where libc is not glibc.
-
-    Otherwise a burst of long messages or of TLS connections leaves the listener's heap
-    hundreds of MB larger for good: freed chunks between live ones are kept. The listener's
-    reads go into preallocated buffers, so its hot paths make no allocation that large.
-    Called in the listener only, after the worker and uploader (which build large records)
-    are forked."""
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return None
-    if not mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION):
-        log.debug("mallopt(M_MMAP_THRESHOLD) refused; the heap keeps its default policy")
-    return lambda: malloc_trim(0)
-
-
 def fork_child(role: str, body: Callable[[], int], debug: bool) -> int:
     """Forks a child that runs body() and exits with its return value, never returning."""
     sys.stdout.flush()
@@ -75,6 +56,8 @@ def fork_child(role: str, body: Callable[[], int], debug: bool) -> int:
     # collection writes to each page holding a tracked object, and those pages would stop
     # being shared (each process would hold its own copy of the listener's heap).
     gc.freeze()
+    # Free heap pages would be inherited, and counted in the child's RSS too (1 MB each).
+    heap.trim()
     pid = os.fork()
     if pid:
         return pid
@@ -125,9 +108,10 @@ class Supervisor:
         self.loop.call_every(PROBLEM_LOG_INTERVAL, listener.problems.flush)
         if self.notifier.enabled:
             self.loop.call_every(STATUS_INTERVAL, report.report_status)
-        trim_heap = limit_heap_retention()
-        if trim_heap is not None:
-            self.loop.call_every(HEAP_TRIM_INTERVAL, trim_heap)
+        # After the forks: the worker and uploader build large records.
+        if not heap.map_large_allocations(LARGE_ALLOCATION):
+            log.debug("mallopt(M_MMAP_THRESHOLD) refused; the heap keeps its default policy")
+        self.loop.call_every(HEAP_TRIM_INTERVAL, heap.trim)
         listener.start()
         log.info("kinesyslog ready: %d listener(s)", len(listener.sockets))
         self.notifier.ready()

@@ -14,8 +14,6 @@ makes no AWS access at all.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
 import logging
 import os
@@ -30,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kinesyslog import metrics
+from kinesyslog import heap, metrics
 from kinesyslog.aws import (
     StreamCheckError,
     check_kinesis_stream,
@@ -367,11 +365,9 @@ def _set_title() -> None:
 
 
 def _return_freed_memory() -> None:
-    """Collects the start-up's garbage and gives the free heap back to the system (glibc
-    keeps it otherwise)."""
+    """Collects the start-up's garbage and gives the free heap back to the system."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL(None).malloc_trim(0)
+    heap.trim()
 
 
 def _open_sink(settings: UploaderSettings) -> tuple[Sink, str]:
