@@ -37,7 +37,7 @@ bytes remain whenever any do, so the marker always fits.
 
 Each process keeps only a window of the data area mapped: the pages behind its own cursor
 (the producer's write position, the consumer's read cursor) are dropped from its page
-tables with MADV_DONTNEED, 1 MiB at a time. For a shared file mapping that only unmaps
+tables with MADV_DONTNEED, 256 KiB at a time. For a shared file mapping that only unmaps
 them: the bytes stay in the file and its page cache, and the next access maps them again.
 The ring's resident memory thus follows the entries in flight, not the capacity.
 
@@ -85,7 +85,7 @@ cdef enum:
     MIN_CAPACITY = 1 << 20
     MAX_SOURCE = 255  # u8 length field; constants.MAX_SOURCE_LENGTH says the same
     MIN_ENTRY = 24  # ksy_entry_size(0, 0)
-    RELEASE_CHUNK = 1 << 20  # pages behind a cursor are unmapped this many bytes at a time
+    RELEASE_CHUNK = 1 << 18  # pages behind a cursor are unmapped this many bytes at a time
 
 # u32 entry length field, 0xFFFFFFFF reserved for the wrap marker
 cdef uint64_t MAX_ENTRY_FIELD = 0xFFFFFFF8
