@@ -761,8 +761,10 @@ def test_pages_behind_the_cursors_are_unmapped_and_their_data_kept(tmp_path: Pat
     assert read == messages
     resident = _resident_kib_of_mappings(str(tmp_path / "ring"))
     assert len(resident) == 2
-    # At most a chunk, the cursor's pages and read-ahead, all along.
-    assert max(resident) <= most_resident <= 256 + 256, (resident, most_resident)
+    # All along at most a chunk (256 KiB) and the pages around the cursors that the kernel
+    # maps at each fault (fault-around: up to 372 KiB seen on tmpfs, 12 on ext4). With 1 MiB
+    # chunks the most was 996-1092 KiB.
+    assert max(resident) <= most_resident <= 256 + 640, (resident, most_resident)
     consumer.close()
     producer.close()
     again = make(tmp_path, 4 * MIB)
