@@ -446,6 +446,7 @@ SUMMARY_METRICS = [  # (header, result key, digits)
     ("cpu_s", "cpu_seconds", 2),
     ("start_cpu_s", "startup_cpu_seconds", 2),
     ("cpu_us/msg", "cpu_us_per_msg", 2),
+    ("run_us/msg", "run_cpu_us_per_msg", 2),
     ("rss_MB", "peak_rss_mb", 0),
     ("pss_MB", "peak_pss_mb", 0),
     ("lost", "lost", 0),
@@ -466,6 +467,10 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for run in runs:
                 if run.get("cpu_seconds") is not None and run.get("delivered"):
                     run["cpu_us_per_msg"] = round(run["cpu_seconds"] * 1e6 / run["delivered"], 2)
+                    # Without the start-up (until ready), which an operator pays once.
+                    start = run.get("startup_cpu_seconds") or 0.0
+                    run["run_cpu_us_per_msg"] = round(
+                        (run["cpu_seconds"] - start) * 1e6 / run["delivered"], 2)
             row: dict[str, Any] = {"scenario": scenario, "system": system, "runs": len(runs)}
             for _, key, _ in SUMMARY_METRICS:
                 values = [r[key] for r in runs if r.get(key) is not None]

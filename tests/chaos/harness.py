@@ -15,7 +15,6 @@ import bisect
 import contextlib
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -33,6 +32,7 @@ from tests.e2e.relay_process import (
     Relay,
     decode_records,
     events_of,
+    free_ports,
     kinesyslog_command,
     wait_for,
 )
@@ -786,35 +786,9 @@ def wind_down(relay: Relay, monitor: Monitor, fake: FakeFirehose, spool: Path,
     return Ending(code, counts, delivered_all)
 
 
-def free_port() -> int:
-    """A port free for TCP and UDP on 127.0.0.1, below the kernel's ephemeral range: an
-    outgoing connection (the relay's own, to Firehose, before it binds) cannot take it
-    between this choice and the relay's bind, as it can with tests.e2e's free_ports()."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(10_000, max(low, 10_001))
-        try:
-            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                with socket.socket(socket.AF_INET, kind) as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port found")
-
-
 def ports(count: int) -> list[int]:
-    """``count`` distinct free ports (see free_port)."""
-    chosen: list[int] = []
-    while len(chosen) < count:
-        port = free_port()
-        if port not in chosen:
-            chosen.append(port)
-    return chosen
+    """``count`` distinct ports, each free for TCP and UDP (free_ports)."""
+    return [free_ports() for _ in range(count)]
 
 
 def wait_relay(relay: Relay, predicate: Callable[[], bool], timeout: float, message: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,26 +28,50 @@ def kinesyslog_command() -> list[str]:
     return [sys.executable, "-m", "kinesyslog"]
 
 
-def free_port(kind: int = socket.SOCK_STREAM, family: int = socket.AF_INET) -> int:
-    with socket.socket(family, kind) as sock:
-        sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (net.ipv4.ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
-def free_ports() -> int:
-    """A port number free for both TCP and UDP on IPv4 and IPv6 loopback."""
-    for _ in range(100):
-        port = free_port()
+_handed_out: set[int] = set()  # never the same port twice in one test session
+
+
+def _unused_port(binds: Iterable[tuple[int, int]]) -> int:
+    """A port that every (family, kind) in binds can bind on loopback, chosen below the
+    kernel's ephemeral range: an outgoing connection (the test's own, moto's, the relay's
+    to Firehose) may take any free ephemeral port as its local port, also one chosen here a
+    moment before the relay binds it, which made the relay exit with "address already in
+    use". Below the range only an explicit bind takes a port."""
+    binds = list(binds)
+    low = max(_ephemeral_low(), 10_001)
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(10_000, low)
+        if port in _handed_out:
+            continue
         try:
-            for family, kind in ((socket.AF_INET, socket.SOCK_DGRAM),
-                                 (socket.AF_INET6, socket.SOCK_STREAM),
-                                 (socket.AF_INET6, socket.SOCK_DGRAM)):
+            for family, kind in binds:
                 with socket.socket(family, kind) as sock:
                     sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", port))
         except OSError:
             continue
+        _handed_out.add(port)
         return port
-    raise RuntimeError("no free port found")
+    raise RuntimeError("no free port found below the ephemeral range")
+
+
+def free_port(kind: int = socket.SOCK_STREAM, family: int = socket.AF_INET) -> int:
+    """A port free for kind on family's loopback address (see _unused_port)."""
+    return _unused_port([(family, kind)])
+
+
+def free_ports() -> int:
+    """A port number free for both TCP and UDP on IPv4 and IPv6 loopback."""
+    return _unused_port([(family, kind) for family in (socket.AF_INET, socket.AF_INET6)
+                         for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)])
 
 
 class Relay:
