@@ -122,35 +122,43 @@ def send_udp(port: int, datagrams: list[bytes], rate: int, per_message: int = 1)
     return SendResult(started, seconds, sent, [f"{n} x {e}" for e, n in errors.items()])
 
 
-def build_blaster() -> Path | None:
-    """bench/udp_blast.c compiled with gcc -O2, cached by the source's hash under
+def build_c(source_path: Path) -> Path | None:
+    """A C program of bench/ compiled with gcc -O2, cached by the source's hash under
     bench/.build/; None (after a warning) when gcc is missing or fails."""
-    source = BLAST_SOURCE.read_bytes()
-    binary = BUILD_DIR / f"udp_blast-{hashlib.sha256(source).hexdigest()[:16]}"
+    source = source_path.read_bytes()
+    binary = BUILD_DIR / f"{source_path.stem}-{hashlib.sha256(source).hexdigest()[:16]}"
     if binary.exists():
         return binary
     gcc = shutil.which("gcc")
     if gcc is None:
-        print("warning: gcc not found: UDP is sent by the Python sender, which may not reach "
-              "the scenario's rate", file=sys.stderr)
+        print(f"warning: gcc not found: cannot build {source_path.name}", file=sys.stderr)
         return None
     BUILD_DIR.mkdir(exist_ok=True)
     partial = binary.with_name(f".{binary.name}.{os.getpid()}")
     try:
-        done = subprocess.run([gcc, "-O2", "-Wall", "-o", str(partial), str(BLAST_SOURCE)],
+        done = subprocess.run([gcc, "-O2", "-Wall", "-o", str(partial), str(source_path)],
                               capture_output=True, text=True, timeout=COMPILE_TIMEOUT,
                               check=False)
         if done.returncode != 0:
-            print(f"warning: gcc failed ({done.stderr.strip()}); UDP is sent by the Python "
-                  "sender", file=sys.stderr)
+            print(f"warning: gcc failed on {source_path.name}: {done.stderr.strip()}",
+                  file=sys.stderr)
             return None
         os.replace(partial, binary)
     except (OSError, subprocess.TimeoutExpired) as error:
-        print(f"warning: could not build {BLAST_SOURCE.name} ({error}); UDP is sent by the "
-              "Python sender", file=sys.stderr)
+        print(f"warning: could not build {source_path.name} ({error})", file=sys.stderr)
         return None
     finally:
         partial.unlink(missing_ok=True)
+    return binary
+
+
+def build_blaster() -> Path | None:
+    """bench/udp_blast.c built (build_c); None, and UDP goes out from the Python sender,
+    when it cannot be."""
+    binary = build_c(BLAST_SOURCE)
+    if binary is None:
+        print("warning: UDP is sent by the Python sender, which may not reach the "
+              "scenario's rate", file=sys.stderr)
     return binary
 
 
