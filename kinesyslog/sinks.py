@@ -166,6 +166,12 @@ _FIREHOSE_ENTRY_END = b'"}'
 # Bytes of a spool file read and base64-encoded at a time: a multiple of 3, so that the
 # chunks' base64 joins into the data's.
 BASE64_CHUNK = 3 * 16384
+# At most this many bytes per read(size) of a request body. botocore reads 1 MiB at a time to
+# sign it; a new 1 MiB buffer per read left glibc's heap a megabyte or two larger for good
+# (its threshold for giving large blocks their own memory maps rises after the first one is
+# freed), up to 2 MB of the uploader's RSS. A shorter read is no end of the body: botocore
+# and http.client read until read() returns nothing.
+BODY_READ_LIMIT = 64 * 1024
 
 
 def put_record_batch_head(stream: str) -> bytes:
@@ -283,9 +289,8 @@ class RequestBody:
     def read(self, size: int = -1) -> bytearray:
         if not self._finished:
             raise ValueError("the body is not finished")
-        left = self._length - self._position
-        if size < 0 or size > left:
-            size = max(left, 0)
+        left = max(self._length - self._position, 0)
+        size = left if size < 0 else min(size, left, BODY_READ_LIMIT)
         out = bytearray(size)
         view = memoryview(out)
         filled = 0
