@@ -6,7 +6,7 @@
  *
  *   PORT       the UDP port to bind on 127.0.0.1 (SO_RCVBUF 8 MiB, capped by rmem_max)
  *   BATCH      datagrams per recvmmsg() call, each into its own BUFFER-byte buffer, with
- *              the sender's address (the listener: 64 buffers of --max-message-size + 2)
+ *              the sender's address (the listener: 64 buffers of DatagramReceiver.buffer_size)
  *   PER_EVENT  datagrams read per readiness event at most (the listener: UDP_READ_BATCH)
  *   NAP_US     pause after an event that emptied the socket (the listener: LISTENER_NAP)
  *   BUFFER     bytes per receive buffer

@@ -1,8 +1,9 @@
 """The floor under the listener's CPU per UDP datagram: bench/udp_floor.c receives the same
-datagrams the way the listener does (recvmmsg batches into buffers of --max-message-size + 2,
-with the sender's address, the same reads per wake-up and the same nap) and does nothing
-else, while bench/udp_blast.c sends them at a fixed rate. Compare its us_per_datagram with
-the listener's CPU per datagram in `bench/run.py --scenario udp-<rate>` at the same rate.
+datagrams the way the listener does (recvmmsg batches, each datagram into a buffer the size
+of the listener's, with the sender's address; the same reads per wake-up and the same nap)
+and does nothing else, while bench/udp_blast.c sends them at a fixed rate. Compare its
+us_per_datagram with the listener's CPU per datagram in `bench/run.py --scenario udp-<rate>`
+at the same rate.
 
     .venv/bin/python bench/udp_floor.py --rate 300000 --messages 3000000 --repeat 3
 """
@@ -26,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 from bench.procs import udp_socket_drops  # noqa: E402
 from bench.run import make_messages  # noqa: E402
 from bench.senders import BLAST_SOURCE, build_c, send_udp_blast, write_datagrams  # noqa: E402
+from bench.systems import free_port  # noqa: E402
+from kinesyslog._fast.udp import DatagramReceiver  # noqa: E402
 from kinesyslog.constants import DEFAULT_MAX_MESSAGE_SIZE, LISTENER_NAP  # noqa: E402
 from kinesyslog.listeners import UDP_READ_BATCH, UDP_RECVMMSG_BATCH  # noqa: E402
 
@@ -33,17 +36,13 @@ FLOOR_SOURCE = Path(__file__).resolve().parent / "udp_floor.c"
 IDLE_SECONDS = 1.0  # the receiver stops once nothing came for this long
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def one_run(args: argparse.Namespace, floor: Path, blaster: Path,
             datagrams: Path) -> dict[str, object]:
-    port = free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
+    # The listener's buffers: --max-message-size + 2 bytes, at most UDP_RECV_SIZE.
+    buffer = DatagramReceiver(args.max_message_size, args.batch, 1).buffer_size
     command = [str(floor), str(port), str(args.batch), str(args.per_event),
-               str(round(args.nap * 1e6)), str(args.max_message_size + 2), str(IDLE_SECONDS)]
+               str(round(args.nap * 1e6)), str(buffer), str(IDLE_SECONDS)]
     receiver = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -10,11 +10,13 @@ held. Elsewhere than glibc these are no-ops.
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Any
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
+@functools.cache  # the listener trims every 10 s: open the library once
 def _libc() -> Any | None:
     """The C library, if it is glibc (it has malloc_trim)."""
     try:
