@@ -3,7 +3,8 @@ datagrams the way the listener does (recvmmsg batches, each datagram into a buff
 of the listener's, with the sender's address; the same reads per wake-up and the same nap)
 and does nothing else, while bench/udp_blast.c sends them at a fixed rate. Compare its
 us_per_datagram with the listener's CPU per datagram in `bench/run.py --scenario udp-<rate>`
-at the same rate.
+at the same rate. `--receiver io_uring` runs bench/udp_floor_uring.c instead: the same
+receiver with a multishot io_uring RECVMSG in place of recvmmsg.
 
     .venv/bin/python bench/udp_floor.py --rate 300000 --messages 3000000 --repeat 3
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -32,7 +34,8 @@ from kinesyslog._fast.udp import DatagramReceiver  # noqa: E402
 from kinesyslog.constants import DEFAULT_MAX_MESSAGE_SIZE, LISTENER_NAP  # noqa: E402
 from kinesyslog.listeners import UDP_READ_BATCH, UDP_RECVMMSG_BATCH  # noqa: E402
 
-FLOOR_SOURCE = Path(__file__).resolve().parent / "udp_floor.c"
+RECEIVERS = {"recvmmsg": Path(__file__).resolve().parent / "udp_floor.c",
+             "io_uring": Path(__file__).resolve().parent / "udp_floor_uring.c"}
 IDLE_SECONDS = 1.0  # the receiver stops once nothing came for this long
 
 
@@ -51,8 +54,10 @@ def one_run(args: argparse.Namespace, floor: Path, blaster: Path,
         if not receiver.stdout.readline().startswith('{"bound"'):
             _, err = receiver.communicate(timeout=10)
             raise OSError(f"udp_floor did not start: {err.strip()}")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         sent = send_udp_blast(blaster, datagrams, port, args.rate, 1, args.udp_batch,
                               args.timeout)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sender, reaped
         drops = udp_socket_drops(port)
         out, err = receiver.communicate(timeout=args.timeout)
         if receiver.returncode != 0:
@@ -63,8 +68,10 @@ def one_run(args: argparse.Namespace, floor: Path, blaster: Path,
             receiver.wait(10)
     report = json.loads(out.strip().splitlines()[-1])
     report.pop("checksum", None)
+    # The sender's system time includes the loopback delivery into the socket (softirq).
+    sender_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     report.update(sent=sent.sent, send_per_s=round(sent.sent / sent.seconds),
-                  kernel_drops=drops)
+                  kernel_drops=drops, sender_cpu=round(sender_cpu, 3))
     return report
 
 
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=3_000_000, help="datagrams per run")
     parser.add_argument("--size", type=int, default=200, help="bytes per datagram")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--receiver", choices=sorted(RECEIVERS), default="recvmmsg",
+                        help="the kernel interface: the listener's recvmmsg, or io_uring")
     parser.add_argument("--batch", type=int, default=UDP_RECVMMSG_BATCH,
                         help="datagrams per recvmmsg call (the listener's)")
     parser.add_argument("--per-event", type=int, default=UDP_READ_BATCH,
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--udp-batch", type=int, default=64, help="the sender's sendmmsg batch")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
-    floor, blaster = build_c(FLOOR_SOURCE), build_c(BLAST_SOURCE)
+    floor, blaster = build_c(RECEIVERS[args.receiver]), build_c(BLAST_SOURCE)
     if floor is None or blaster is None:
         print("udp_floor needs gcc", file=sys.stderr)
         return 1
@@ -92,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         datagrams = write_datagrams(Path(work) / "datagrams.bin",
                                     make_messages(args.messages, args.size, int(time.time())))
         for run in range(args.repeat):
-            print(json.dumps({"run": run + 1, "rate": args.rate, **one_run(args, floor,
-                                                                          blaster, datagrams)}))
+            report = one_run(args, floor, blaster, datagrams)
+            print(json.dumps({"run": run + 1, "receiver": args.receiver, "rate": args.rate,
+                              **report}))
     return 0
 
 
