@@ -34,6 +34,9 @@ ACCEPT_BATCH = 64
 UDP_READ_BATCH = 256  # datagrams per readiness event of one UDP socket, at most
 UDP_RECVMMSG_BATCH = 64  # syslog datagrams per recvmmsg call
 UDP_SOCKET_BUFFER = 8 * 1024 * 1024
+# Linux's SO_RCVBUFFORCE (<asm-generic/socket.h>), which Python's socket module lacks: a
+# receive buffer size that net.core.rmem_max does not cap, for root or CAP_NET_ADMIN.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 # The listener's loop naps (constants.LISTENER_NAP) only when every UDP socket got at least
 # this much buffer (as getsockopt reports it, twice what net.core.rmem_max allows): a
 # smaller one would overflow during the pause at a few hundred thousand datagrams/s.
@@ -102,7 +105,7 @@ def bind_all(config: Config) -> list[BoundSocket]:
             if transport != "udp":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             else:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_SOCKET_BUFFER)
+                request_receive_buffer(sock, UDP_SOCKET_BUFFER)
             try:
                 sock.bind((config.address, port))
             except OSError as error:
@@ -115,6 +118,16 @@ def bind_all(config: Config) -> list[BoundSocket]:
             item.sock.close()
         raise
     return bound
+
+
+def request_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Asks for a receive buffer of size bytes: with SO_RCVBUFFORCE where the process may
+    (root, or CAP_NET_ADMIN), so that net.core.rmem_max does not cap it; else with SO_RCVBUF,
+    which the kernel silently caps at net.core.rmem_max."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def loop_nap(udp_buffers: list[int]) -> float:

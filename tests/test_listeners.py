@@ -1,14 +1,35 @@
-"""Listener helpers: canonical source addresses, the kernel's UDP drop count, the loop's nap."""
+"""Listener helpers: canonical source addresses, the kernel's UDP drop count, the UDP receive
+buffer, the loop's nap."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from kinesyslog import constants
 from kinesyslog._fast.proxy import address_text
-from kinesyslog.listeners import NAP_MIN_UDP_BUFFER, BoundSocket, loop_nap, udp_kernel_drops
+from kinesyslog.listeners import (
+    NAP_MIN_UDP_BUFFER,
+    BoundSocket,
+    loop_nap,
+    request_receive_buffer,
+    udp_kernel_drops,
+)
+
+RMEM_MAX = int(Path("/proc/sys/net/core/rmem_max").read_text())
+CAP_NET_ADMIN = 12  # <linux/capability.h>
+
+
+def has_cap_net_admin() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    return False
 
 
 @pytest.mark.parametrize(("peer", "expected"), [
@@ -50,3 +71,38 @@ def test_the_loop_naps_only_when_every_udp_buffer_can_hold_the_pause() -> None:
     assert loop_nap([]) == constants.LISTENER_NAP  # TCP only: flow control holds the data
     assert loop_nap([NAP_MIN_UDP_BUFFER, 16 << 20]) == constants.LISTENER_NAP
     assert loop_nap([16 << 20, 425_984]) == 0.0  # net.core.rmem_max left at 212,992
+
+
+# The kernel grants twice what is asked (for its bookkeeping) and getsockopt reports that.
+GRANT_CODE = """
+import socket, sys
+from kinesyslog.listeners import request_receive_buffer
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    request_receive_buffer(sock, int(sys.argv[1]))
+    print(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+"""
+needs_room_above_rmem_max = pytest.mark.skipif(
+    RMEM_MAX > 1 << 29, reason=f"net.core.rmem_max is {RMEM_MAX}: nothing asked can exceed it")
+
+
+@needs_room_above_rmem_max
+def test_the_udp_buffer_exceeds_rmem_max_only_where_the_process_may() -> None:
+    wanted = RMEM_MAX + (1 << 20)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request_receive_buffer(sock, wanted)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    # root or CAP_NET_ADMIN: SO_RCVBUFFORCE; anyone else: SO_RCVBUF, capped by rmem_max
+    assert granted == 2 * (wanted if has_cap_net_admin() else RMEM_MAX)
+
+
+@needs_room_above_rmem_max
+@pytest.mark.skipif(not has_cap_net_admin() or shutil.which("setpriv") is None,
+                    reason="needs CAP_NET_ADMIN to give up, and setpriv (util-linux)")
+def test_without_cap_net_admin_the_udp_buffer_falls_back_to_so_rcvbuf() -> None:
+    wanted = RMEM_MAX + (1 << 20)
+    # A root process whose capability bounding set lacks CAP_NET_ADMIN: SO_RCVBUFFORCE fails
+    # with EPERM there, as it does for the packaged service's unprivileged user.
+    done = subprocess.run(["setpriv", "--bounding-set=-net_admin", sys.executable, "-c",
+                           GRANT_CODE, str(wanted)], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert int(done.stdout) == 2 * RMEM_MAX

@@ -61,7 +61,7 @@ LEVELS = list(SYSLOG_LEVELS)
 # Pacing of UDP sends: every PACE_DATAGRAMS datagrams the sender waits (at most PACE_TIMEOUT)
 # until the relay's socket holds less than PACE_QUEUE bytes, so that the kernel never drops a
 # datagram however slowly the relay is scheduled on a busy machine (the socket's buffer is at
-# least 2 x net.core.rmem_max, 416 KiB with the kernel's default).
+# least 416 KiB: twice net.core.rmem_max's default, which caps it for an unprivileged relay).
 PACE_DATAGRAMS = 16
 PACE_QUEUE = 128 * 1024
 PACE_TIMEOUT = 10.0
