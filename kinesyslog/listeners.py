@@ -126,7 +126,7 @@ def request_receive_buffer(sock: socket.socket, size: int) -> None:
     which the kernel silently caps at net.core.rmem_max."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-    except PermissionError:
+    except OSError:  # EPERM without the capability; a sandbox may not know the option at all
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
