@@ -588,6 +588,17 @@ def interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the harness like Ctrl-C: everything it started too
 
 
+def compile_checkout() -> None:
+    """Byte-compiles this checkout's package into its __pycache__ directories (git-ignored),
+    so that the relay starts as an installed one does (pip, the .deb and the executables all
+    carry bytecode). Without it, where PYTHONDONTWRITEBYTECODE is set, every start would
+    compile the sources again: 0.05-0.1 s more start-up CPU and about 0.9 MB more memory."""
+    import compileall
+
+    if not compileall.compile_dir(ROOT / "kinesyslog", quiet=1):
+        print("warning: could not byte-compile kinesyslog/", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     scenarios: list[Scenario] = args.scenario
@@ -600,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
+    if "kinesyslog" in args.system and not args.relay_cmd:
+        compile_checkout()
     blaster = None
     if args.udp_sender == "c" and any(s.transport == "udp" for s in scenarios):
         blaster = build_blaster()
