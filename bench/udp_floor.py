@@ -3,8 +3,8 @@ datagrams the way the listener does (recvmmsg batches, each datagram into a buff
 of the listener's, with the sender's address; the same reads per wake-up and the same nap)
 and does nothing else, while bench/udp_blast.c sends them at a fixed rate. Compare its
 us_per_datagram with the listener's CPU per datagram in `bench/run.py --scenario udp-<rate>`
-at the same rate. `--receiver io_uring` runs bench/udp_floor_uring.c instead: the same
-receiver with a multishot io_uring RECVMSG in place of recvmmsg.
+at the same rate. `--receiver io_uring` makes the same receiver use a multishot io_uring
+RECVMSG in place of recvmmsg.
 
     .venv/bin/python bench/udp_floor.py --rate 300000 --messages 3000000 --repeat 3
 """
@@ -34,8 +34,8 @@ from kinesyslog._fast.udp import DatagramReceiver  # noqa: E402
 from kinesyslog.constants import DEFAULT_MAX_MESSAGE_SIZE, LISTENER_NAP  # noqa: E402
 from kinesyslog.listeners import UDP_READ_BATCH, UDP_RECVMMSG_BATCH  # noqa: E402
 
-RECEIVERS = {"recvmmsg": Path(__file__).resolve().parent / "udp_floor.c",
-             "io_uring": Path(__file__).resolve().parent / "udp_floor_uring.c"}
+FLOOR_SOURCE = Path(__file__).resolve().parent / "udp_floor.c"
+RECEIVERS = ("recvmmsg", "io_uring")  # udp_floor.c's ways of receiving
 IDLE_SECONDS = 1.0  # the receiver stops once nothing came for this long
 
 
@@ -45,7 +45,7 @@ def one_run(args: argparse.Namespace, floor: Path, blaster: Path,
     # The listener's buffers: --max-message-size + 2 bytes, at most UDP_RECV_SIZE.
     buffer = DatagramReceiver(args.max_message_size, args.batch, 1).buffer_size
     command = [str(floor), str(port), str(args.batch), str(args.per_event),
-               str(round(args.nap * 1e6)), str(buffer), str(IDLE_SECONDS)]
+               str(round(args.nap * 1e6)), str(buffer), str(IDLE_SECONDS), args.receiver]
     receiver = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=3_000_000, help="datagrams per run")
     parser.add_argument("--size", type=int, default=200, help="bytes per datagram")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--receiver", choices=sorted(RECEIVERS), default="recvmmsg",
+    parser.add_argument("--receiver", choices=RECEIVERS, default="recvmmsg",
                         help="the kernel interface: the listener's recvmmsg, or io_uring")
     parser.add_argument("--batch", type=int, default=UDP_RECVMMSG_BATCH,
                         help="datagrams per recvmmsg call (the listener's)")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--udp-batch", type=int, default=64, help="the sender's sendmmsg batch")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
-    floor, blaster = build_c(RECEIVERS[args.receiver]), build_c(BLAST_SOURCE)
+    floor, blaster = build_c(FLOOR_SOURCE), build_c(BLAST_SOURCE)
     if floor is None or blaster is None:
         print("udp_floor needs gcc", file=sys.stderr)
         return 1
