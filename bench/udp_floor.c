@@ -4,7 +4,8 @@
  *
  * usage: udp_floor PORT BATCH PER_EVENT NAP_US BUFFER IDLE_S [recvmmsg|io_uring]
  *
- *   PORT       the UDP port to bind on 127.0.0.1 (SO_RCVBUF 8 MiB, capped by rmem_max)
+ *   PORT       the UDP port to bind on 127.0.0.1, with an 8 MiB receive buffer asked for as
+ *              the listener asks (SO_RCVBUFFORCE, else SO_RCVBUF, capped by rmem_max)
  *   BATCH      datagrams per recvmmsg() call, each into its own BUFFER-byte buffer, with
  *              the sender's address (the listener: 64 buffers of DatagramReceiver.buffer_size)
  *   PER_EVENT  datagrams read per readiness event at most (the listener: UDP_READ_BATCH)
@@ -255,8 +256,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
-    int wanted = 8 << 20;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &wanted, sizeof wanted);
+    int wanted = 8 << 20;  /* listeners.request_receive_buffer */
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &wanted, sizeof wanted) != 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &wanted, sizeof wanted);
     struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
     if (fd < 0 || bind(fd, (struct sockaddr *)&address, sizeof address) != 0)

@@ -38,7 +38,8 @@ UDP_SOCKET_BUFFER = 8 * 1024 * 1024
 # receive buffer size that net.core.rmem_max does not cap, for root or CAP_NET_ADMIN.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 # The listener's loop naps (constants.LISTENER_NAP) only when every UDP socket got at least
-# this much buffer (as getsockopt reports it, twice what net.core.rmem_max allows): a
+# this much buffer (as getsockopt reports it: twice what was granted, which without
+# SO_RCVBUFFORCE is at most net.core.rmem_max): a
 # smaller one would overflow during the pause at a few hundred thousand datagrams/s.
 NAP_MIN_UDP_BUFFER = 4 * 1024 * 1024
 SOURCE_CACHE_SIZE = 4096
