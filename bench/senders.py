@@ -171,11 +171,12 @@ def write_datagrams(path: Path, datagrams: list[bytes]) -> Path:
 
 
 def send_udp_blast(binary: Path, datagram_file: Path, port: int, rate: int, per_message: int,
-                   batch: int, timeout: float) -> SendResult:
-    """Runs udp_blast (rate messages per second, so rate * per_message datagrams) and
-    reads its JSON line. It is killed by pid on a timeout, an error or Ctrl-C."""
+                   batch: int, timeout: float, segments: int = 1) -> SendResult:
+    """Runs udp_blast (rate messages per second, so rate * per_message datagrams; up to
+    ``segments`` datagrams per UDP GSO send) and reads its JSON line. It is killed by pid on
+    a timeout, an error or Ctrl-C."""
     command = [str(binary), str(datagram_file), str(port), str(rate * per_message),
-               str(batch), str(per_message)]
+               str(batch), str(per_message), str(segments)]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:

@@ -56,7 +56,7 @@ def one_run(args: argparse.Namespace, floor: Path, blaster: Path,
             raise OSError(f"udp_floor did not start: {err.strip()}")
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         sent = send_udp_blast(blaster, datagrams, port, args.rate, 1, args.udp_batch,
-                              args.timeout)
+                              args.timeout, args.udp_segments)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sender, reaped
         drops = udp_socket_drops(port)
         out, err = receiver.communicate(timeout=args.timeout)
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of pause after a wake-up that emptied the socket")
     parser.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE)
     parser.add_argument("--udp-batch", type=int, default=64, help="the sender's sendmmsg batch")
+    parser.add_argument("--udp-segments", type=int, default=1,
+                        help="datagrams per UDP GSO send of the sender (1: no GSO)")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     floor, blaster = build_c(FLOOR_SOURCE), build_c(BLAST_SOURCE)
