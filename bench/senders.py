@@ -163,10 +163,16 @@ def build_blaster() -> Path | None:
 
 
 def write_datagrams(path: Path, datagrams: list[bytes]) -> Path:
-    """The file udp_blast reads: each datagram as a 4-byte little-endian length + bytes."""
+    """The file udp_blast reads: each datagram as a 4-byte little-endian length + bytes.
+
+    Written through to the disk before it is used: left to the kernel's writeback (30 s
+    later), its hundreds of MB would queue ahead of the relay's own writes in the middle of
+    a run, stalling its fsyncs, and the relay's ring would fill."""
     pack = struct.Struct("<I").pack
     with open(path, "wb") as file:
         file.writelines(pack(len(datagram)) + datagram for datagram in datagrams)
+        file.flush()
+        os.fsync(file.fileno())
     return path
 
 
