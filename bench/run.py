@@ -304,6 +304,10 @@ def run_scenario(context: Context, scenario: Scenario, system_name: str,
     try:
         try:
             try:
+                # What earlier runs left unwritten (rsyslog's output is never fsynced, and is
+                # read back before it is deleted) goes to disk now, not in the kernel's
+                # writeback 30 s later, in the middle of this run, ahead of its fsyncs.
+                os.sync()
                 system.start()
                 deadline = time.monotonic() + args.timeout
                 udp_errors_before = udp_rcvbuf_errors()
