@@ -138,7 +138,6 @@ int main(int argc, char **argv) {
     prctl(PR_SET_TIMERSLACK, 1UL);  /* wake up on time, not up to 50 us late */
 
     static struct mmsghdr msgs[MAX_BATCH];
-    static size_t first_of[MAX_BATCH + 1]; /* msgs[j] sends datagrams first_of[j].. */
     static union {                         /* msgs[j]'s UDP_SEGMENT control message */
         char bytes[CMSG_SPACE(sizeof(uint16_t))];
         struct cmsghdr align;
@@ -179,10 +178,8 @@ int main(int argc, char **argv) {
                 uint16_t size = (uint16_t)length;
                 memcpy(CMSG_DATA(cmsg), &size, sizeof size);
             }
-            first_of[runs] = first + i;
             i += k;
         }
-        first_of[runs] = first + n;
         size_t done = 0;
         while (done < runs) {
             int sent = sendmmsg(sock, &msgs[done], (unsigned int)(runs - done), 0);
@@ -195,7 +192,9 @@ int main(int argc, char **argv) {
             /* The send at done failed (ECONNREFUSED from an earlier ICMP, ENOBUFS): count
              * its datagrams and go on with the next one, like the Python sender. */
             int error = sent < 0 ? errno : 0;
-            for (size_t d = first_of[done]; d < first_of[done + 1]; d++) {
+            const struct msghdr *failed = &msgs[done].msg_hdr;
+            size_t from = (size_t)(failed->msg_iov - iov);
+            for (size_t d = from; d < from + failed->msg_iovlen; d++) {
                 errors[error >= 0 && error < MAX_ERRNO ? error : 0]++;
                 failed_datagrams++;
                 long message = (long)(d / (size_t)per_message);

@@ -58,14 +58,13 @@ static void fail(const char *what) {
 struct receiver {
     long (*drain)(struct receiver *self, long most, unsigned long *checksum);
     int fd;
-    int batch;
-    long buffer;
 };
 
 /* --- recvmmsg ---------------------------------------------------------------------------- */
 
 struct mmsg_receiver {
     struct receiver base;
+    int batch;
     struct mmsghdr *headers;
     struct iovec *iovecs;
     struct sockaddr_in6 *names;
@@ -75,15 +74,15 @@ static long mmsg_drain(struct receiver *self, long most, unsigned long *checksum
     struct mmsg_receiver *r = (struct mmsg_receiver *)self;
     long read = 0;
     while (read < most) {
-        for (int i = 0; i < self->batch; i++)
+        for (int i = 0; i < r->batch; i++)
             r->headers[i].msg_hdr.msg_namelen = sizeof r->names[i];
-        int received = recvmmsg(self->fd, r->headers, (unsigned)self->batch, MSG_DONTWAIT, NULL);
+        int received = recvmmsg(self->fd, r->headers, (unsigned)r->batch, MSG_DONTWAIT, NULL);
         if (received <= 0)
             break;
         for (int i = 0; i < received; i++)
             *checksum += (unsigned char)((char *)r->iovecs[i].iov_base)[0];
         read += received;
-        if (received < self->batch)
+        if (received < r->batch)
             break;
     }
     return read;
@@ -104,7 +103,8 @@ static struct receiver *mmsg_open(int fd, int batch, long buffer) {
         r->headers[i].msg_hdr.msg_iovlen = 1;
         r->headers[i].msg_hdr.msg_name = &r->names[i];
     }
-    r->base = (struct receiver){mmsg_drain, fd, batch, buffer};
+    r->base = (struct receiver){mmsg_drain, fd};
+    r->batch = batch;
     return &r->base;
 }
 
@@ -187,7 +187,7 @@ static long uring_drain(struct receiver *self, long most, unsigned long *checksu
     return read;  /* may pass `most`: one pass takes every completion already posted */
 }
 
-static struct receiver *uring_open(int fd, int batch, long buffer) {
+static struct receiver *uring_open(int fd, long buffer) {
     struct uring_receiver *r = calloc(1, sizeof *r);
     struct io_uring_params params;
     memset(&params, 0, sizeof params);
@@ -231,7 +231,7 @@ static struct receiver *uring_open(int fd, int batch, long buffer) {
         uring_provide(r, (unsigned short)id);
     atomic_store_explicit((_Atomic unsigned short *)&r->provided->tail, r->provided_tail,
                           memory_order_release);
-    r->base = (struct receiver){uring_drain, fd, batch, buffer};
+    r->base = (struct receiver){uring_drain, fd};
     uring_arm(r);
     return &r->base;
 }
@@ -263,7 +263,7 @@ int main(int argc, char **argv) {
     inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
     if (fd < 0 || bind(fd, (struct sockaddr *)&address, sizeof address) != 0)
         fail("udp_floor: bind");
-    struct receiver *receiver = uring ? uring_open(fd, batch, buffer)
+    struct receiver *receiver = uring ? uring_open(fd, buffer)
                                       : mmsg_open(fd, batch, buffer);
     int poller = epoll_create1(0);
     struct epoll_event event = {.events = EPOLLIN};
